@@ -1,0 +1,156 @@
+"""The input pipeline on the accelerator: preprocessing, augmentation, batches and pairs.
+
+Small datasets are moved to the device once, as uint8 at their native size. Every batch is
+gathered, converted and augmented inside the jitted train step, from keys derived from the
+seed and the step, so the pipeline is never the bottleneck and a run is reproducible (and
+resumable) from (seed, step) alone.
+
+Image spaces:
+  uint8 native [N, H, W, C_src]  --model_input-->  float32 [0, 1] [B, S, S, C]  (attacks work here)
+                                 --normalize-->    the network's input (MNIST: as is;
+                                                   CIFAR: 5·(x − 0.5), METHOD §5)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from pixelreg_jax import similarity
+
+Array = jax.Array
+
+
+def model_input(images: Array, image_size: int, channels: int) -> Array:
+  """uint8 (or [0,1] float) [B, H, W, C_src] -> float32 [B, S, S, channels] in [0, 1].
+
+  Grayscale is the channel mean; a grayscale image is repeated for 3-channel models. A
+  smaller image whose margin is even is zero-padded (MNIST 28 → 32, as in the release);
+  any other size change is a bilinear resize.
+  """
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    x = x / 255.0
+  if x.ndim == 3:
+    x = x[..., None]
+  if channels == 1 and x.shape[-1] != 1:
+    x = x.mean(axis=-1, keepdims=True)
+  elif channels == 3 and x.shape[-1] == 1:
+    x = jnp.repeat(x, 3, axis=-1)
+  h, w = x.shape[1:3]
+  if (h, w) != (image_size, image_size):
+    dh, dw = image_size - h, image_size - w
+    if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
+      x = jnp.pad(x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
+    else:
+      x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[-1]), 'bilinear')
+  return x
+
+
+def normalize(x: Array, family: str) -> Array:
+  """[0, 1] images -> network input: MNIST-like as is, CIFAR-like 5·(x − 0.5)."""
+  if family == 'cifar':
+    return 5.0 * (x - 0.5)
+  return x
+
+
+def augment(x: Array, key: Array, pad: int = 4) -> Array:
+  """Random crop with ``pad``-pixel reflect padding, then a random horizontal flip.
+
+  Args:
+    x: [B, S, S, C] float images.
+    key: PRNG key.
+
+  Returns:
+    [B, S, S, C], each image cropped and flipped independently.
+  """
+  b, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
+  k_crop, k_flip = jax.random.split(key)
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
+  flips = jax.random.bernoulli(k_flip, 0.5, (b,))
+
+  def one(img, off, flip):
+    crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+    return jnp.where(flip, crop[:, ::-1], crop)
+
+  return jax.vmap(one)(padded, offsets, flips)
+
+
+@flax.struct.dataclass
+class TrainData:
+  """Everything the train step reads, resident on the device.
+
+  Attributes:
+    images: uint8 [N, H, W, C] the classification train split (all of it; indices select).
+    labels: int32 [N].
+    reg_images: uint8 [N_r, H_r, W_r, C_r] the N_r regularization images.
+    targets: float32 [N_r, N_r] the target similarities S^target.
+  """
+  images: Array
+  labels: Array
+  reg_images: Array
+  targets: Array
+
+
+@flax.struct.dataclass
+class PipelineSpec:
+  """Static settings of the pipeline (hashable, not traced)."""
+  image_size: int = flax.struct.field(pytree_node=False, default=32)
+  channels: int = flax.struct.field(pytree_node=False, default=1)
+  family: str = flax.struct.field(pytree_node=False, default='mnist')
+  augment: bool = flax.struct.field(pytree_node=False, default=False)
+  batch_size: int = flax.struct.field(pytree_node=False, default=64)
+  pairs_per_step: int = flax.struct.field(pytree_node=False, default=16)
+  regularize: bool = flax.struct.field(pytree_node=False, default=True)
+
+
+def network_input(images: Array, spec: PipelineSpec) -> Array:
+  """uint8 native images -> the network's input (no augmentation)."""
+  return normalize(model_input(images, spec.image_size, spec.channels), spec.family)
+
+
+def epoch_order(key: Array, train_indices: Array, epoch: Array) -> Array:
+  """The order in which an epoch visits the training images.
+
+  Args:
+    key: the seed's shuffle key.
+    train_indices: [N_train] indices (into ``TrainData.images``) of the training images.
+    epoch: scalar epoch number.
+
+  Returns:
+    [N_train] a permutation of ``train_indices``, a fresh one each epoch.
+  """
+  return train_indices[jax.random.permutation(jax.random.fold_in(key, epoch), train_indices.shape[0])]
+
+
+def train_batch(data: TrainData, order: Array, step_in_epoch: Array, step: Array,
+                keys: dict[str, Array], spec: PipelineSpec) -> dict[str, Any]:
+  """The batch of one training step, gathered and preprocessed on the device.
+
+  Args:
+    data: device-resident data.
+    order: [N_train] this epoch's order (``epoch_order``).
+    step_in_epoch: scalar, the step's index within the epoch.
+    step: scalar, the global step (keys augmentation and the pair stream).
+    keys: {'augment': key, 'pairs': key} of this seed.
+    spec: static settings.
+
+  Returns:
+    {'image': [B,S,S,C], 'label': [B]} and, when regularizing, {'reg_a', 'reg_b': [P,S,S,C],
+    'target': [P]}.
+  """
+  idx = jax.lax.dynamic_slice_in_dim(order, step_in_epoch * spec.batch_size, spec.batch_size)
+  x = model_input(data.images[idx], spec.image_size, spec.channels)
+  if spec.augment:
+    x = augment(x, jax.random.fold_in(keys['augment'], step))
+  batch = {'image': normalize(x, spec.family), 'label': data.labels[idx]}
+  if spec.regularize:
+    rows, cols = similarity.pair_indices(keys['pairs'], step, spec.pairs_per_step,
+                                         data.reg_images.shape[0])
+    batch['reg_a'] = network_input(data.reg_images[rows], spec)
+    batch['reg_b'] = network_input(data.reg_images[cols], spec)
+    batch['target'] = data.targets[rows, cols]
+  return batch

@@ -1,0 +1,179 @@
+r"""Aggregates evaluated runs into the paper's figures (Fig. 2/3 style) and a markdown table.
+
+    python -m pixelreg_jax.report --workdirs=runs/base_s0,runs/base_s1,runs/reg_s0,runs/reg_s1 \
+        --out=docs/results/fashion
+
+Each workdir must hold ``robustness.json`` (``pixelreg_jax.evaluate``). Runs are grouped into
+models by their regularization settings (or by ``--labels``, one per workdir); every seed of
+every run in a group is one sample. Curves are the mean over seeds with a band of ± one
+standard error of the mean, SEM = s/√n (s with n − 1 degrees of freedom).
+Writes ``robustness.png``, ``robustness.md`` and ``summary.json`` into ``--out``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('workdirs', None, 'Evaluated run directories.')
+flags.DEFINE_list('labels', None, 'Optional model label per workdir (runs with equal labels are pooled).')
+flags.DEFINE_string('out', None, 'Output directory (default: the first workdir).')
+flags.DEFINE_string('title', None, 'Figure title.')
+
+ATTACK_TITLES = {'gaussian': 'Gaussian noise σ', 'uniform': 'Uniform noise ε', 'salt_pepper': 'Salt & pepper p',
+                 'fgsm': 'Transferred FGSM ε'}
+
+
+def mean_sem(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and standard error of the mean over ``axis`` (SEM = 0 for a single sample)."""
+  samples = np.asarray(samples, np.float64)
+  n = samples.shape[axis]
+  mean = samples.mean(axis=axis)
+  if n < 2:
+    return mean, np.zeros_like(mean)
+  return mean, samples.std(axis=axis, ddof=1) / np.sqrt(n)
+
+
+def default_label(record: dict) -> str:
+  if not record['alpha']:
+    return 'unregularized'
+  th = record['threshold']
+  target = 'S^pixel' if not th else f'Th={th:g}'
+  return f'regularized (α={record["alpha"]:g}, {target}, by {record["reg_dataset"]})'
+
+
+def load_records(workdirs: Sequence[str]) -> list[dict]:
+  records = []
+  for w in workdirs:
+    path = os.path.join(w, 'robustness.json')
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'{path} is missing; run python -m pixelreg_jax.evaluate --workdir={w} first')
+    with open(path) as f:
+      records.append(json.load(f))
+  return records
+
+
+def aggregate(records: Sequence[dict], labels: Optional[Sequence[str]] = None) -> dict:
+  """{label: {'n': seeds, 'attacks': {name: {'levels', 'mean', 'sem'}}, 'boundary': {...}}}."""
+  labels = list(labels) if labels else [default_label(r) for r in records]
+  if len(labels) != len(records):
+    raise ValueError(f'{len(labels)} labels for {len(records)} workdirs')
+  groups: dict[str, list[dict]] = {}
+  for label, r in zip(labels, records):
+    groups.setdefault(label, []).append(r)
+  out = {}
+  for label, rs in groups.items():
+    entry = {'n': sum(len(r['seeds']) for r in rs), 'workdirs': [r['workdir'] for r in rs], 'attacks': {}}
+    names = [n for n in rs[0]['attacks'] if all(n in r['attacks'] for r in rs)]
+    for name in names:
+      acc = np.concatenate([np.asarray(r['attacks'][name]['accuracy']) for r in rs])   # [seeds, L]
+      mean, sem = mean_sem(acc)
+      entry['attacks'][name] = {'levels': rs[0]['attacks'][name]['levels'], 'mean': mean.tolist(),
+                                'sem': sem.tolist()}
+    if all('boundary' in r for r in rs):
+      med = np.concatenate([np.asarray(r['boundary']['median_distance']) for r in rs])
+      mean, sem = mean_sem(med)
+      entry['boundary'] = {'mean': float(mean), 'sem': float(sem), 'steps': rs[0]['boundary']['steps']}
+    out[label] = entry
+  return out
+
+
+def plot(agg: dict, path: str, title: Optional[str] = None) -> None:
+  """One panel per attack: accuracy vs level, mean line and ± SEM band per model."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  attacks = [a for a in ATTACK_TITLES if any(a in e['attacks'] for e in agg.values())]
+  attacks += sorted({a for e in agg.values() for a in e['attacks']} - set(attacks))
+  has_boundary = any('boundary' in e for e in agg.values())
+  panels = len(attacks) + int(has_boundary)
+  fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6), squeeze=False)
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for ax, name in zip(axes[0], attacks):
+    for i, (label, e) in enumerate(agg.items()):
+      if name not in e['attacks']:
+        continue
+      a = e['attacks'][name]
+      x, m, s = np.asarray(a['levels']), np.asarray(a['mean']), np.asarray(a['sem'])
+      ax.plot(x, m, color=colors[i % len(colors)], label=f'{label} (n={e["n"]})')
+      ax.fill_between(x, m - s, m + s, color=colors[i % len(colors)], alpha=0.25)
+    ax.set_xlabel(ATTACK_TITLES.get(name, name))
+    ax.set_ylabel('accuracy')
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+  if has_boundary:
+    ax = axes[0][-1]
+    items = [(label, e['boundary']) for label, e in agg.items() if 'boundary' in e]
+    ax.bar(range(len(items)), [b['mean'] for _, b in items], yerr=[b['sem'] for _, b in items],
+           color=[colors[list(agg).index(l) % len(colors)] for l, _ in items], capsize=4)
+    ax.set_xticks(range(len(items)))
+    ax.set_xticklabels([f'model {list(agg).index(l) + 1}' for l, _ in items])
+    ax.set_ylabel('Boundary attack median ‖δ‖²/D')
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 3), frameon=False)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout(rect=(0, 0.1, 1, 0.95 if title else 1))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown_table(agg: dict) -> str:
+  """Per attack, accuracy (mean ± SEM) at each level, one row per model."""
+  lines = []
+  for name in ATTACK_TITLES:
+    rows = [(label, e['attacks'][name], e['n']) for label, e in agg.items() if name in e['attacks']]
+    if not rows:
+      continue
+    levels = rows[0][1]['levels']
+    lines.append(f'**{ATTACK_TITLES[name]}**\n')
+    lines.append('| model | n | ' + ' | '.join(f'{l:.3g}' for l in levels) + ' |')
+    lines.append('|---|---|' + '---|' * len(levels))
+    for label, a, n in rows:
+      cells = ' | '.join(f'{m:.3f} ± {s:.3f}' for m, s in zip(a['mean'], a['sem']))
+      lines.append(f'| {label} | {n} | {cells} |')
+    lines.append('')
+  bound = [(label, e['boundary'], e['n']) for label, e in agg.items() if 'boundary' in e]
+  if bound:
+    lines.append(f'**Boundary attack ({bound[0][1]["steps"]} steps), median ‖δ‖²/D**\n')
+    lines.append('| model | n | median ‖δ‖²/D |')
+    lines.append('|---|---|---|')
+    for label, b, n in bound:
+      lines.append(f'| {label} | {n} | {b["mean"]:.3e} ± {b["sem"]:.1e} |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def write_report(workdirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None,
+                 title: Optional[str] = None) -> dict:
+  agg = aggregate(load_records(workdirs), labels)
+  os.makedirs(out, exist_ok=True)
+  plot(agg, os.path.join(out, 'robustness.png'), title)
+  with open(os.path.join(out, 'robustness.md'), 'w') as f:
+    f.write(markdown_table(agg))
+  with open(os.path.join(out, 'summary.json'), 'w') as f:
+    json.dump(agg, f, indent=2)
+  return agg
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdirs:
+    raise app.UsageError('--workdirs is required')
+  out = FLAGS.out or FLAGS.workdirs[0]
+  try:
+    agg = write_report(FLAGS.workdirs, out, FLAGS.labels, FLAGS.title)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f'error: {e}')
+  print(json.dumps({'out': os.path.abspath(out), 'models': {k: v['n'] for k, v in agg.items()},
+                    'plot': os.path.join(os.path.abspath(out), 'robustness.png')}), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

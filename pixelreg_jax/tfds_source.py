@@ -1,0 +1,66 @@
+"""TensorFlow Datasets as a source of whole splits (host side; TF never touches the hot path).
+
+Small datasets are read once into NumPy arrays and then live on the accelerator, so TF is only
+used here, at start-up. TF is kept off any GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import socket
+from typing import Optional
+
+import numpy as np
+
+from pixelreg_jax.data import DatasetInfo
+
+# Hosts TFDS downloads from; one answering within the timeout means downloads may work.
+_PROBE_HOSTS = (('storage.googleapis.com', 443), ('www.cs.toronto.edu', 443))
+
+
+def network_available(timeout: float = 3.0) -> bool:
+  """Whether a TCP connection to a TFDS download host opens within ``timeout`` seconds."""
+  for host, port in _PROBE_HOSTS:
+    try:
+      with socket.create_connection((host, port), timeout=timeout):
+        return True
+    except OSError:
+      continue
+  return False
+
+
+def _import_tfds():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], 'GPU')
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds
+
+
+def split_spec(split: str, num_examples: int) -> str:
+  """'train' + 5000 -> 'train[:5000]' (TFDS slicing reads only that many)."""
+  return f'{split}[:{num_examples}]' if num_examples else split
+
+
+def to_arrays(ds_numpy: dict) -> tuple[np.ndarray, np.ndarray]:
+  """A TFDS ``batch_size=-1`` numpy dict -> (uint8 [N,H,W,C], int32 [N])."""
+  images = np.asarray(ds_numpy['image'], np.uint8)
+  if images.ndim == 3:
+    images = images[..., None]
+  labels = np.asarray(ds_numpy.get('label', np.zeros(len(images))), np.int32)
+  return images, labels
+
+
+def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False,
+         num_examples: int = 0) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """The split from TFDS, or ``None`` if it is neither prepared nor downloadable now."""
+  tfds = _import_tfds()
+  builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not (download and network_available()):
+      return None
+    logging.info('downloading %s into %s', info.tfds_name, data_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare()
+  ds = builder.as_dataset(split=split_spec(split, num_examples), batch_size=-1, shuffle_files=False)
+  return to_arrays(tfds.as_numpy(ds))

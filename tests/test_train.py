@@ -1,0 +1,187 @@
+"""The train step and loop: compile-once, exact CE gradient at α=0, learning, regularizing."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import synthetic_host_data, tiny_config
+from pixelreg_jax import config as config_lib
+from pixelreg_jax import input_pipeline as pipe
+from pixelreg_jax import models, similarity, train
+
+
+def _batch(host, config, n_pairs=4, seed=0):
+  spec = train.pipeline_spec(config)
+  rng = np.random.default_rng(seed)
+  idx = rng.choice(len(host['train_x']), config.batch_size, replace=False)
+  rows, cols = rng.choice(24, n_pairs, replace=False), rng.choice(24, n_pairs, replace=False) + 24
+  s = similarity.threshold_targets(similarity.pixel_similarity(
+      pipe.model_input(jnp.asarray(host['train_x'][:48]), 32, 1)), config.reg.threshold)
+  return {'image': pipe.network_input(jnp.asarray(host['train_x'][idx]), spec),
+          'label': jnp.asarray(host['train_y'][idx]),
+          'reg_a': pipe.network_input(jnp.asarray(host['train_x'][rows]), spec),
+          'reg_b': pipe.network_input(jnp.asarray(host['train_x'][cols]), spec),
+          'target': s[rows, cols]}
+
+
+def _state(config, steps_per_epoch=10):
+  model = train.create_model(config)
+  return train.create_train_state(jax.random.PRNGKey(0), config, model,
+                                  train.create_optimizer(config, steps_per_epoch)), model
+
+
+def test_alpha_zero_is_exactly_the_cross_entropy_gradient(host_data):
+  config = tiny_config(**{'reg.alpha': 0.0})
+  state, model = _state(config)
+  batch = _batch(host_data, config)
+
+  def ce(params):   # An independent CE: log-softmax picked at the label.
+    (logits, _), _ = model.apply({'params': params, 'batch_stats': state.batch_stats,
+                                  'sim_stats': state.sim_stats}, batch['image'], train=True,
+                                 mutable=['batch_stats'])
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(logp[jnp.arange(len(batch['label'])), batch['label']])
+
+  g = jax.grad(ce)(state.params)
+  new, metrics = jax.jit(lambda s, b: train.train_step(s, b, alpha=0.0))(state, batch)
+  assert 'sim_loss' not in metrics
+  assert float(metrics['loss']) == pytest.approx(float(ce(state.params)), rel=1e-5)
+  # First SGD-momentum step: Δθ = −lr·g, lr = 0.1.
+  for p0, p1, gg in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params), jax.tree.leaves(g)):
+    np.testing.assert_allclose(np.asarray(p1 - p0), -0.1 * np.asarray(gg), rtol=1e-4, atol=1e-7)
+  # The layer weights get no gradient without the regularizer; the running means stay 0.
+  np.testing.assert_array_equal(np.asarray(new.params['layer_weights']), 0)
+  assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(new.sim_stats))
+
+
+def test_regularized_step_is_ce_plus_alpha_times_similarity_loss(host_data):
+  config = tiny_config(**{'reg.alpha': 3.0})
+  state, model = _state(config)
+  batch = _batch(host_data, config)
+  _, m = jax.jit(lambda s, b: train.train_step(s, b, alpha=3.0))(state, batch)
+  assert float(m['loss']) == pytest.approx(float(m['ce_loss']) + 3.0 * float(m['sim_loss']), rel=1e-5)
+
+
+def test_a_few_steps_on_a_fixed_batch_reduce_the_loss(host_data):
+  config = tiny_config(**{'reg.alpha': 1.0, 'reg.threshold': 0.8})
+  state, _ = _state(config)
+  batch = _batch(host_data, config)
+  step = jax.jit(lambda s, b: train.train_step(s, b, alpha=1.0))
+  losses, ces = [], []
+  for _ in range(8):
+    state, m = step(state, batch)
+    losses.append(float(m['loss']))
+    ces.append(float(m['ce_loss']))
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert ces[-1] < 0.7 * ces[0], ces
+
+
+def test_regularized_steps_move_model_similarities_toward_targets(host_data):
+  config = tiny_config(**{'reg.alpha': 10.0, 'optim.learning_rate': 0.02})
+  state, model = _state(config)
+  batch = _batch(host_data, config, n_pairs=8)
+
+  def model_sim(st):
+    (s, _), _ = model.apply(st.variables(), batch['reg_a'], batch['reg_b'], train=True,
+                            method=models.ResNet.similarity, mutable=['batch_stats', 'sim_stats'])
+    return s
+
+  s0 = model_sim(state)
+  step = jax.jit(lambda s, b: train.train_step(s, b, alpha=10.0))
+  for _ in range(10):
+    state, _ = step(state, batch)
+  s1 = model_sim(state)
+  t = batch['target']
+  assert float(similarity.similarity_loss(s1, t)) < 0.85 * float(similarity.similarity_loss(s0, t))
+  assert float(jnp.mean(jnp.abs(s1 - t))) < float(jnp.mean(jnp.abs(s0 - t)))
+  # Most pairs moved in the direction of their target.
+  assert float(jnp.mean(jnp.sign(s1 - s0) == jnp.sign(t - s0))) >= 0.75
+  # The running means moved off zero and the layer weights were trained.
+  assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(state.sim_stats))
+  assert np.any(np.asarray(state.params['layer_weights']) != 0)
+
+
+def test_train_step_compiles_once_and_fit_writes_metrics(tmp_path, host_data):
+  config = tiny_config()
+  trainer = train.Trainer(config, str(tmp_path), host_data)
+  result = trainer.fit(log=lambda s: None)
+  assert trainer.train_step._cache_size() == 1
+  assert trainer.epoch_order._cache_size() == 1
+  assert 0 <= result['test_accuracy'] <= 1 and np.isfinite(result['test_loss'])
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [l['epoch'] for l in lines if 'epoch' in l] == [1, 2]
+  assert lines[-1]['final'] and lines[-1]['test_accuracy'] == result['test_accuracy']
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['0', '1']
+
+
+def test_training_learns_synthetic_classes(tmp_path):
+  host = synthetic_host_data(n_train=320, n_test=100)
+  config = tiny_config(**{'num_epochs': 3, 'reg.alpha': 0.5, 'reg.threshold': 0.8, 'batch_size': 16,
+                          'optim.learning_rate': 0.05})
+  result = train.Trainer(config, None, host).fit(log=lambda s: None)
+  assert result['test_accuracy'] > 0.6   # Ten classes: chance is 0.1.
+
+
+def test_learning_rate_schedule():
+  c = tiny_config()
+  sched = train.learning_rate_schedule(c, steps_per_epoch=10)
+  lrs = [float(sched(e * 10 + 3)) for e in range(42)]
+  expected = [0.1 * 0.3 ** ((e % 20) // 4) for e in range(42)]
+  np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_split_indices_disjoint_deterministic_and_subset():
+  k = jax.random.PRNGKey(3)
+  tr, va = train.split_indices(k, 1000, 0.01, 0)
+  assert len(va) == 10 and len(tr) == 990 and not set(tr) & set(va)
+  tr2, va2 = train.split_indices(k, 1000, 0.01, 0)
+  np.testing.assert_array_equal(tr, tr2)
+  np.testing.assert_array_equal(va, va2)
+  tr3, va3 = train.split_indices(k, 1000, 0.01, 100)
+  np.testing.assert_array_equal(va3, va)
+  assert len(tr3) == 100 and not set(tr3) & set(va)
+  _, va4 = train.split_indices(jax.random.PRNGKey(4), 1000, 0.01, 0)
+  assert not np.array_equal(va, va4)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('reg.alpha', -1.0, 'reg.alpha'),
+    ('reg.threshold', 1.0, 'reg.threshold'),
+    ('reg.threshold', -0.1, 'reg.threshold'),
+    ('dataset', 'svhn', 'config.dataset'),
+    ('dataset', 'imagenet32', 'config.dataset'),
+    ('reg.dataset', 'svhn', 'reg.dataset'),
+    ('model.name', 'vgg', 'model.name'),
+    ('reg.pairs_per_step', 400, 'pairs_per_step'),
+    ('model.width', 0, 'model.width'),
+    ('batch_size', 0, 'batch_size'),
+    ('image_size', 28, 'image_size'),
+])
+def test_invalid_config_values_give_one_line_errors(field, value, match):
+  c = tiny_config(**{field: value})
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    config_lib.validate(c)
+  assert '\n' not in str(e.value)
+
+
+def test_data_dependent_errors_before_compiling(host_data):
+  c = tiny_config(**{'reg.num_images': 100})   # Only 64 training images exist.
+  with pytest.raises(config_lib.ConfigError, match='reg.num_images=100 exceeds the 64') as e:
+    train.Trainer(c, None, host_data)
+  assert '\n' not in str(e.value)
+  c = tiny_config(**{'batch_size': 512})
+  with pytest.raises(config_lib.ConfigError, match='batch_size'):
+    train.Trainer(c, None, host_data)
+
+
+def test_resuming_a_workdir_with_a_different_config_is_refused(tmp_path, host_data):
+  c = tiny_config(**{'num_epochs': 1})
+  train.Trainer(c, str(tmp_path), host_data).fit(log=lambda s: None)
+  (tmp_path / 'config.json').write_text(c.to_json_best_effort())
+  c2 = tiny_config(**{'num_epochs': 1, 'reg.alpha': 2.0})
+  with pytest.raises(config_lib.ConfigError, match='reg.alpha'):
+    train.check_workdir_config(c2, str(tmp_path))
+  train.check_workdir_config(tiny_config(**{'num_epochs': 5}), str(tmp_path))   # More epochs: fine.
