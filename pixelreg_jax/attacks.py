@@ -185,7 +185,8 @@ def boundary_attack(predict_fn: Callable[[Array], Array], key: Array, x: Array, 
 
   Returns:
     {'adversarial': [B,S,S,C], 'success': [B] bool (a start was found), 'distance': [B]
-     ‖x̃ − x‖²/D (inf where no start was found), 'is_adversarial': [B] bool of the result}.
+     ‖x̃ − x‖²/D (inf where no start was found), 'distance_trace': [steps + 1, B] the same
+     after the start and after every step, 'is_adversarial': [B] bool of the result}.
   """
   b = x.shape[0]
   d_pixels = int(np.prod(x.shape[1:]))
@@ -214,7 +215,7 @@ def boundary_attack(predict_fn: Callable[[Array], Array], key: Array, x: Array, 
   # 2-3. Orthogonal + toward-source steps with adaptive sizes.
   n = cfg.candidates
 
-  def step(i, carry):
+  def step(carry, i):
     adv, delta, eps, orth_hits, step_hits, tries = carry
     k = jax.random.fold_in(k_steps, i)
     diff = x - adv                                           # toward the source
@@ -249,13 +250,16 @@ def boundary_attack(predict_fn: Callable[[Array], Array], key: Array, x: Array, 
     zero = jnp.zeros_like(orth_hits)
     orth_hits, step_hits, tries = (jnp.where(adapt, zero, orth_hits), jnp.where(adapt, zero, step_hits),
                                    jnp.where(adapt, zero, tries))
-    return adv, delta, eps, orth_hits, step_hits, tries
+    return (adv, delta, eps, orth_hits, step_hits, tries), sq_distance(adv)
+
+  def sq_distance(adv):
+    return jnp.where(found, jnp.sum(jnp.square((adv - x).reshape(b, -1)), axis=1) / d_pixels, jnp.inf)
 
   init = (adv0, jnp.full(b, cfg.spherical_step), jnp.full(b, cfg.source_step),
           jnp.zeros(b), jnp.zeros(b), jnp.zeros(b))
-  adv = jax.lax.fori_loop(0, cfg.steps, step, init)[0]
-  distance = jnp.where(found, jnp.sum(jnp.square((adv - x).reshape(b, -1)), axis=1) / d_pixels, jnp.inf)
-  return {'adversarial': adv, 'success': found, 'distance': distance,
+  (adv, *_), trace = jax.lax.scan(step, init, jnp.arange(cfg.steps))
+  return {'adversarial': adv, 'success': found, 'distance': sq_distance(adv),
+          'distance_trace': jnp.concatenate([sq_distance(adv0)[None], trace]),
           'is_adversarial': predict_fn(adv) != labels}
 
 

@@ -37,10 +37,11 @@ def state_tree(state) -> dict:
 def checksum(tree: Any) -> list[float]:
   """[Σx, Σx²] over every leaf, in float64 on the host: detects altered checkpoint data."""
   total, total_sq = 0.0, 0.0
-  for leaf in jax.tree.leaves(jax.device_get(tree)):
-    a = np.asarray(leaf, np.float64)
-    total += float(a.sum())
-    total_sq += float(np.square(a).sum())
+  with np.errstate(all='ignore'):   # Damaged data may hold NaN/inf: the comparison catches it.
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+      a = np.asarray(leaf, np.float64)
+      total += float(a.sum())
+      total_sq += float(np.square(a).sum())
   return [total, total_sq]
 
 

@@ -205,5 +205,5 @@ def load_split(name: str, split: str, data_dir: str = '', *, download: bool = Fa
   raise DataUnavailableError(
       f'dataset {name!r} ({split}) is not available offline: nothing in {searched} '
       f'nor a prepared TFDS {info.tfds_name!r} in {data_dir or default_data_dir()}'
-      + ('' if download else ' (downloads are off: --config.download=True)')
+      + (' (and no network to download it)' if download else ' (downloads are off: --config.download=True)')
       + f'; import it with: {import_command(name, data_dir)}')

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
+import os
 import socket
+import sys
 from typing import Optional
 
 import numpy as np
+from absl import logging
 
 from pixelreg_jax.data import DatasetInfo
 
@@ -30,11 +32,40 @@ def network_available(timeout: float = 3.0) -> bool:
   return False
 
 
+@contextlib.contextmanager
+def _silenced_stderr_fd():
+  """TF's C++ start-up chatter ignores TF_CPP_MIN_LOG_LEVEL; drop fd 2 while it loads."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def _import_tfds():
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  if 'tensorflow' not in sys.modules:
+    with _silenced_stderr_fd():
+      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], 'GPU')
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   return tfds
+
+
+@contextlib.contextmanager
+def quiet():
+  """TFDS logs a warning for every empty dataset folder it looks at; keep only errors."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
 
 
 def split_spec(split: str, num_examples: int) -> str:
@@ -55,8 +86,10 @@ def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False
          num_examples: int = 0) -> Optional[tuple[np.ndarray, np.ndarray]]:
   """The split from TFDS, or ``None`` if it is neither prepared nor downloadable now."""
   tfds = _import_tfds()
-  builder = tfds.builder(info.tfds_name, data_dir=data_dir)
-  if not builder.is_prepared():
+  with quiet():
+    builder = tfds.builder(info.tfds_name, data_dir=data_dir)
+    prepared = builder.is_prepared()
+  if not prepared:
     if not (download and network_available()):
       return None
     logging.info('downloading %s into %s', info.tfds_name, data_dir)

@@ -59,3 +59,28 @@ def synthetic_host_data(n_train=64, n_test=32, shape=(28, 28, 1), num_classes=10
 @pytest.fixture
 def host_data():
   return synthetic_host_data()
+
+
+def write_imported_dataset(data_dir, name='fashion_mnist', n_train=256, n_test=64, seed=0):
+  """Writes ``name`` in the imported (npz) layout the pipeline reads, from synthetic blobs."""
+  from pixelreg_jax import data as data_lib
+  host = synthetic_host_data(n_train=n_train, n_test=n_test, seed=seed)
+  data_lib.save_npz(data_lib.imported_path(str(data_dir), name, 'train'), host['train_x'], host['train_y'])
+  data_lib.save_npz(data_lib.imported_path(str(data_dir), name, 'test'), host['test_x'], host['test_y'])
+  return host
+
+
+def cli_overrides(data_dir, **extra):
+  """Command-line overrides making configs/fashion_mnist.py tiny and offline."""
+  base = {'data_dir': str(data_dir), 'download': False, 'model.width': 4, 'train_subset': 0,
+          'batch_size': 16, 'eval_batch_size': 64, 'val_fraction': 0.1, 'reg.num_images': 40,
+          'reg.pairs_per_step': 4, 'log_every_steps': 1000}
+  base.update(extra)
+  return [f'--config.{k}={v}' for k, v in base.items()]
+
+
+def run_env():
+  env = dict(os.environ)
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return env

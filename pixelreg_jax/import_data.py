@@ -1,0 +1,240 @@
+r"""Imports a dataset's official distribution files for offline / firewalled use (no network).
+
+    python -m pixelreg_jax.import_data --dataset=fashion_mnist --source=/usr/share/datasets/fashion-mnist
+    python -m pixelreg_jax.import_data --dataset=cifar10 --source=~/Downloads/cifar-10-python.tar.gz
+    python -m pixelreg_jax.import_data --dataset=cifar100 --source=~/Downloads/cifar-100-python.tar.gz
+    python -m pixelreg_jax.import_data --dataset=imagenet32 --source=~/Downloads/Imagenet32_train_npz.zip \
+        --max_images=50000
+
+Accepted sources (a file, or a directory holding it):
+  mnist, fashion_mnist  the four IDX files (``train-images-idx3-ubyte[.gz]`` …), gzip or not
+  cifar10               ``cifar-10-python.tar.gz`` (or its extracted ``cifar-10-batches-py/``)
+  cifar100              ``cifar-100-python.tar.gz`` (or ``cifar-100-python/``); fine labels
+  imagenet32            the downsampled ImageNet 32×32 of image-net.org: ``Imagenet32_train_npz.zip``
+                        / ``Imagenet32_val_npz.zip`` (or the pickled ``Imagenet32_train.zip``), their
+                        extracted ``train_data_batch_*`` / ``val_data`` files, or one ``.npz`` with
+                        ``data``/``labels`` (or ``images``/``labels``). Labels are made 0-based.
+Writes ``<data_dir>/imported/<dataset>/{train,test}.npz`` (uint8 NHWC images, int32 labels),
+which training reads with ``--config.data_dir=<data_dir>``.
+"""
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import pickle
+import tarfile
+import zipfile
+from typing import Callable, Optional
+
+import numpy as np
+from absl import app, flags
+
+from pixelreg_jax import data as data_lib
+
+Split = tuple[np.ndarray, np.ndarray]
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('dataset', None, f'One of {sorted(data_lib.DATASETS)}.')
+flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.')
+flags.DEFINE_string('data_dir', None, 'Destination data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
+
+
+class ImportError_(ValueError):
+  """The source does not hold the expected official files."""
+
+
+def chw_rows_to_nhwc(rows: np.ndarray, size: int = 32) -> np.ndarray:
+  """[N, 3·size·size] rows (R plane, G plane, B plane) -> uint8 [N, size, size, 3]."""
+  return np.asarray(rows, np.uint8).reshape(-1, 3, size, size).transpose(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# MNIST-style IDX.
+# ---------------------------------------------------------------------------------------
+
+
+def import_idx(source: str, max_images: int = 0) -> dict[str, Split]:
+  directory = source if os.path.isdir(source) else os.path.dirname(source)
+  out = {}
+  for split in ('train', 'test'):
+    pair = data_lib.find_idx_pair(directory, split)
+    if pair is None:
+      raise ImportError_(f'{directory} lacks the {split} IDX files '
+                         f'({" and ".join(data_lib._IDX_FILES[split])}, optionally .gz)')
+    out[split] = data_lib.read_idx_split(*pair)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR (python pickles, in a tar.gz or extracted).
+# ---------------------------------------------------------------------------------------
+
+
+def _cifar_members(source: str, archive_name: str, folder: str, names: list[str]) -> dict[str, bytes]:
+  """The named pickles of a CIFAR distribution, from the archive or its extracted folder."""
+  candidates = [source, os.path.join(source, archive_name)]
+  for path in candidates:
+    if os.path.isfile(path) and tarfile.is_tarfile(path):
+      with tarfile.open(path) as tar:
+        members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+        missing = [n for n in names if n not in members]
+        if missing:
+          raise ImportError_(f'{path} lacks {missing}; is it {archive_name}?')
+        return {n: tar.extractfile(members[n]).read() for n in names}
+  for d in (source, os.path.join(source, folder)):
+    if all(os.path.isfile(os.path.join(d, n)) for n in names):
+      return {n: open(os.path.join(d, n), 'rb').read() for n in names}
+  raise ImportError_(f'{source} is neither {archive_name} nor a folder holding {folder}/{names[0]} …')
+
+
+def _unpickle(blob: bytes) -> dict:
+  d = pickle.loads(blob, encoding='bytes')
+  return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def import_cifar10(source: str, max_images: int = 0) -> dict[str, Split]:
+  train_names = [f'data_batch_{i}' for i in range(1, 6)]
+  blobs = _cifar_members(source, 'cifar-10-python.tar.gz', 'cifar-10-batches-py', train_names + ['test_batch'])
+  def split(names):
+    ds = [_unpickle(blobs[n]) for n in names]
+    return (chw_rows_to_nhwc(np.concatenate([d['data'] for d in ds])),
+            np.concatenate([np.asarray(d['labels'], np.int32) for d in ds]))
+  return {'train': split(train_names), 'test': split(['test_batch'])}
+
+
+def import_cifar100(source: str, max_images: int = 0) -> dict[str, Split]:
+  blobs = _cifar_members(source, 'cifar-100-python.tar.gz', 'cifar-100-python', ['train', 'test'])
+  out = {}
+  for split in ('train', 'test'):
+    d = _unpickle(blobs[split])
+    out[split] = chw_rows_to_nhwc(d['data']), np.asarray(d['fine_labels'], np.int32)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Downsampled ImageNet 32×32.
+# ---------------------------------------------------------------------------------------
+
+
+def _read_batch(name: str, blob: bytes) -> Split:
+  """One Imagenet32 batch file (npz or pickle) -> NHWC images and 0-based labels."""
+  if blob[:2] == b'PK':   # .npz (a zip of .npy files)
+    with np.load(io.BytesIO(blob)) as f:
+      keys = set(f.files)
+      images = f['data'] if 'data' in keys else f['images']
+      labels = f['labels']
+  else:
+    d = _unpickle(blob)
+    images, labels = d['data'], d['labels']
+  labels = np.asarray(labels, np.int64)
+  images = np.asarray(images, np.uint8)
+  if images.ndim == 2:
+    images = chw_rows_to_nhwc(images, int(round((images.shape[1] // 3) ** 0.5)))
+  base = os.path.basename(name)
+  official = base.startswith(('train_data_batch_', 'val_data'))
+  if official or (labels.min() >= 1 and labels.max() == 1000):
+    labels = labels - 1   # image-net.org's batches number the classes 1…1000
+  return images, labels.astype(np.int32)
+
+
+def _batch_order(name: str) -> tuple[int, str]:
+  base = os.path.basename(name)
+  digits = ''.join(ch for ch in base.split('batch_')[-1] if ch.isdigit()) if 'batch_' in base else ''
+  return (int(digits) if digits else 0, base)
+
+
+def _imagenet_files(source: str) -> dict[str, list[tuple[str, bytes]]]:
+  """{'train': [(name, bytes)…], 'test': […]} from zips, folders or a single npz."""
+  paths = [source] if os.path.isfile(source) else sorted(glob.glob(os.path.join(source, '*')))
+  files: dict[str, list[tuple[str, bytes]]] = {'train': [], 'test': []}
+
+  def add(name, read):
+    base = os.path.basename(name)
+    if base.startswith('train_data_batch_'):
+      files['train'].append((name, read()))
+    elif base.startswith('val_data'):
+      files['test'].append((name, read()))
+
+  for p in paths:
+    if p.endswith('.zip') and zipfile.is_zipfile(p):
+      with zipfile.ZipFile(p) as z:
+        for info in z.infolist():
+          if not info.is_dir():
+            add(info.filename, lambda i=info: z.read(i))
+    elif os.path.isfile(p):
+      add(p, lambda p=p: open(p, 'rb').read())
+  if not files['train'] and os.path.isfile(source) and source.endswith('.npz'):
+    files['train'].append((source, open(source, 'rb').read()))
+  return files
+
+
+def import_imagenet32(source: str, max_images: int = 0) -> dict[str, Split]:
+  files = _imagenet_files(source)
+  if not files['train'] and not files['test']:
+    raise ImportError_(f'{source} holds no Imagenet32 files (train_data_batch_*, val_data, or one .npz)')
+  out = {}
+  for split, entries in files.items():
+    if not entries:
+      continue
+    xs, ys, n = [], [], 0
+    for name, blob in sorted(entries, key=lambda e: _batch_order(e[0])):
+      x, y = _read_batch(name, blob)
+      xs.append(x)
+      ys.append(y)
+      n += len(x)
+      if max_images and n >= max_images:
+        break
+    out[split] = np.concatenate(xs), np.concatenate(ys)
+  return out
+
+
+IMPORTERS: dict[str, Callable[[str, int], dict[str, Split]]] = {
+    'mnist': import_idx,
+    'fashion_mnist': import_idx,
+    'cifar10': import_cifar10,
+    'cifar100': import_cifar100,
+    'imagenet32': import_imagenet32,
+}
+
+
+def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_images: int = 0) -> dict:
+  """Reads the official files of ``name`` from ``source`` and writes the imported splits."""
+  if name not in IMPORTERS:
+    raise ImportError_(f'no importer for {name!r}; choose one of {sorted(IMPORTERS)}')
+  source = os.path.expanduser(source)
+  if not os.path.exists(source):
+    raise ImportError_(f'--source={source} does not exist')
+  info = data_lib.get_info(name)
+  data_dir = data_dir or data_lib.default_data_dir()
+  written = {}
+  for split, (images, labels) in IMPORTERS[name](source, max_images).items():
+    if max_images:
+      images, labels = images[:max_images], labels[:max_images]
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.shape[1:] != info.image_shape:
+      raise ImportError_(f'{split} images have shape {images.shape[1:]}, expected {info.image_shape} for {name}')
+    if labels.min() < 0 or labels.max() >= info.num_classes:
+      raise ImportError_(f'{split} labels outside [0, {info.num_classes})')
+    path = data_lib.imported_path(data_dir, name, split)
+    data_lib.save_npz(path, images, labels)
+    written[split] = {'images': int(len(images)), 'path': path}
+  return {'dataset': name, 'data_dir': data_dir, 'splits': written}
+
+
+def main(argv):
+  del argv
+  if not FLAGS.dataset or not FLAGS.source:
+    raise app.UsageError('--dataset and --source are required')
+  try:
+    out = import_dataset(FLAGS.dataset, FLAGS.source, FLAGS.data_dir, FLAGS.max_images)
+  except (ImportError_, ValueError, OSError) as e:
+    raise SystemExit(f'error: {e}')
+  print(json.dumps(out), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

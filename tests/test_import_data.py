@@ -1,0 +1,144 @@
+"""import_data: files written in each official format -> import -> the same pixels and labels."""
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_env
+from pixelreg_jax import data, import_data
+from test_data import write_mnist_dir
+
+
+def _nchw_rows(images):
+  """NHWC uint8 -> the CIFAR/Imagenet32 row layout: 1024 R, then 1024 G, then 1024 B."""
+  return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+
+def _tar(path, files):
+  with tarfile.open(path, 'w:gz') as tar:
+    for name, blob in files.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+
+
+@pytest.mark.parametrize('compress', [True, False])
+def test_idx_import_round_trip(tmp_path, compress):
+  src = write_mnist_dir(str(tmp_path / 'src'), compress=compress)
+  out = import_data.import_dataset('mnist', str(tmp_path / 'src'), str(tmp_path / 'dd'))
+  assert out['splits']['train']['images'] == 50
+  for split in ('train', 'test'):
+    x, y = data.load_split('mnist', split, str(tmp_path / 'dd'))
+    np.testing.assert_array_equal(x[..., 0], src[split][0])
+    np.testing.assert_array_equal(y, src[split][1])
+
+
+def _cifar10_archive(path, rng):
+  truth, files = {'train': [], 'test': []}, {}
+  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+    x = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 4).tolist()
+    files[f'cifar-10-batches-py/{name}'] = pickle.dumps({b'data': _nchw_rows(x), b'labels': y, b'batch_label': b'x'})
+    truth['test' if name == 'test_batch' else 'train'].append((x, np.array(y)))
+  files['cifar-10-batches-py/batches.meta'] = pickle.dumps({b'label_names': []})
+  _tar(path, files)
+  return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for k, v in truth.items()}
+
+
+def test_cifar10_import_round_trip(tmp_path):
+  truth = _cifar10_archive(tmp_path / 'cifar-10-python.tar.gz', np.random.default_rng(0))
+  import_data.import_dataset('cifar10', str(tmp_path), str(tmp_path / 'dd'))   # the folder holding it
+  for split in ('train', 'test'):
+    x, y = data.load_split('cifar10', split, str(tmp_path / 'dd'))
+    assert x.shape == ((20 if split == 'train' else 4), 32, 32, 3)
+    np.testing.assert_array_equal(x, truth[split][0])
+    np.testing.assert_array_equal(y, truth[split][1])
+
+
+def test_cifar100_import_round_trip_with_fine_labels(tmp_path):
+  rng = np.random.default_rng(1)
+  truth, files = {}, {}
+  for split, n in (('train', 6), ('test', 3)):
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    fine, coarse = rng.integers(0, 100, n).tolist(), rng.integers(0, 20, n).tolist()
+    files[f'cifar-100-python/{split}'] = pickle.dumps({b'data': _nchw_rows(x), b'fine_labels': fine,
+                                                       b'coarse_labels': coarse})
+    truth[split] = (x, np.array(fine))
+  _tar(tmp_path / 'c100.tar.gz', files)
+  import_data.import_dataset('cifar100', str(tmp_path / 'c100.tar.gz'), str(tmp_path / 'dd'))
+  for split in ('train', 'test'):
+    x, y = data.load_split('cifar100', split, str(tmp_path / 'dd'))
+    np.testing.assert_array_equal(x, truth[split][0])
+    np.testing.assert_array_equal(y, truth[split][1])
+
+
+@pytest.mark.parametrize('fmt', ['npz_zip', 'pickle_dir', 'single_npz'])
+def test_imagenet32_import_round_trip(tmp_path, fmt):
+  rng = np.random.default_rng(2)
+  batches = [(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), rng.integers(1, 1001, 5)) for _ in range(3)]
+  val = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(1, 1001, 4))
+
+  def npz_bytes(x, y):
+    buf = io.BytesIO()
+    np.savez(buf, data=_nchw_rows(x), labels=y, mean=np.zeros(3072))
+    return buf.getvalue()
+
+  if fmt == 'npz_zip':
+    with zipfile.ZipFile(tmp_path / 'Imagenet32_train_npz.zip', 'w') as z:
+      for i in (3, 1, 2):   # stored out of order: the import sorts by batch number
+        z.writestr(f'Imagenet32_train_npz/train_data_batch_{i}.npz', npz_bytes(*batches[i - 1]))
+    with zipfile.ZipFile(tmp_path / 'Imagenet32_val_npz.zip', 'w') as z:
+      z.writestr('Imagenet32_val_npz/val_data.npz', npz_bytes(*val))
+    source = tmp_path
+  elif fmt == 'pickle_dir':
+    src = tmp_path / 'Imagenet32_train'
+    src.mkdir()
+    for i, (x, y) in enumerate(batches, 1):
+      (src / f'train_data_batch_{i}').write_bytes(pickle.dumps({'data': _nchw_rows(x), 'labels': y.tolist()}))
+    (src / 'val_data').write_bytes(pickle.dumps({'data': _nchw_rows(val[0]), 'labels': val[1].tolist()}))
+    source = src
+  else:
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches]) - 1
+    np.savez(tmp_path / 'first.npz', images=x, labels=y)
+    source = tmp_path / 'first.npz'
+
+  out = import_data.import_dataset('imagenet32', str(source), str(tmp_path / 'dd'), max_images=12)
+  x, y = data.load_split('imagenet32', 'train', str(tmp_path / 'dd'))
+  want_x = np.concatenate([b[0] for b in batches])[:12]
+  want_y = np.concatenate([b[1] for b in batches])[:12] - 1
+  assert out['splits']['train']['images'] == 12
+  np.testing.assert_array_equal(x, want_x)
+  np.testing.assert_array_equal(y, want_y)
+  if fmt != 'single_npz':
+    xt, yt = data.load_split('imagenet32', 'test', str(tmp_path / 'dd'))
+    np.testing.assert_array_equal(xt, val[0])
+    np.testing.assert_array_equal(yt, val[1] - 1)
+
+
+def test_import_errors_are_clear(tmp_path):
+  with pytest.raises(import_data.ImportError_, match='lacks the train IDX files'):
+    import_data.import_dataset('mnist', str(tmp_path), str(tmp_path / 'dd'))
+  with pytest.raises(import_data.ImportError_, match='does not exist'):
+    import_data.import_dataset('cifar10', str(tmp_path / 'nope'), str(tmp_path / 'dd'))
+  with pytest.raises(import_data.ImportError_, match='cifar-10-python.tar.gz'):
+    import_data.import_dataset('cifar10', str(tmp_path), str(tmp_path / 'dd'))
+
+
+def test_import_cli_then_training_reads_it(tmp_path):
+  write_mnist_dir(str(tmp_path / 'src'), n_train=120, n_test=30)
+  env = run_env()
+  out = subprocess.run([sys.executable, '-m', 'pixelreg_jax.import_data', '--dataset=fashion_mnist',
+                        f'--source={tmp_path / "src"}', f'--data_dir={tmp_path / "dd"}'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  rec = json.loads(out.stdout.strip().splitlines()[-1])
+  assert rec['splits']['train']['images'] == 120 and rec['splits']['test']['images'] == 30
+  assert os.path.isfile(data.imported_path(str(tmp_path / 'dd'), 'fashion_mnist', 'train'))
