@@ -11,16 +11,18 @@ def get_config():
   c.dataset = 'fashion_mnist'
   c.model.name = 'resnet18'
   c.model.width = 8
-  c.train_subset = 12000
-  c.num_epochs = 4
+  c.train_subset = 20000
+  c.num_epochs = 5
   c.batch_size = 64
   c.eval_batch_size = 1000
-  # 4 epochs: one learning-rate step per epoch (0.1, 0.03, 0.009, 0.0027) instead of per 4 epochs.
+  # 5 epochs: one learning-rate step per epoch (0.1, 0.03, 0.009, …) instead of one per 4 epochs.
   c.optim.lr_step_epochs = 1
-  c.optim.lr_cycle_epochs = 4
+  c.optim.lr_cycle_epochs = 5
   c.reg.dataset = 'fashion_mnist'
   c.reg.num_images = 1000
-  c.reg.alpha = 4.0
-  c.reg.threshold = 0.2
+  # Tuned for this small budget (α=4/Th=0.2, the paper's MNIST setting, costs >10 points of
+  # accuracy in 5 narrow epochs; see docs/results for the grid).
+  c.reg.alpha = 1.0
+  c.reg.threshold = 0.8
   c.log_every_steps = 50
   return c

@@ -99,8 +99,14 @@ def similarity_loss(model_sim: Array, target_sim: Array, eps: float = 1e-5) -> A
   """
   x = model_sim.astype(jnp.float32)
   y = target_sim.astype(jnp.float32)
-  # (1 ± x) first, then + ε: exact near x = ∓1 (Sterbenz), so ε is not lost to rounding.
-  d = jnp.log((1 + x) + eps) - jnp.log((1 - x) + eps) - jnp.log((1 + y) + eps) + jnp.log((1 - y) + eps)
+
+  def log_ratio(v):  # log(1 + v + ε) − log(1 − v + ε), evaluated as (1 ± v) + ε like the release.
+    # (1 ± v) is exact near v = ∓1 (Sterbenz), so ε is not lost to rounding; the barrier keeps
+    # XLA from reassociating it into v + (1 + ε), which would shift log(ε) by ~1e-4.
+    one_plus, one_minus = jax.lax.optimization_barrier((1 + v, 1 - v))
+    return jnp.log(one_plus + eps) - jnp.log(one_minus + eps)
+
+  d = log_ratio(x) - log_ratio(y)
   return jnp.mean(jnp.square(d))
 
 

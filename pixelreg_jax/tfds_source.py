@@ -73,18 +73,22 @@ def split_spec(split: str, num_examples: int) -> str:
   return f'{split}[:{num_examples}]' if num_examples else split
 
 
-def to_arrays(ds_numpy: dict) -> tuple[np.ndarray, np.ndarray]:
-  """A TFDS ``batch_size=-1`` numpy dict -> (uint8 [N,H,W,C], int32 [N])."""
-  images = np.asarray(ds_numpy['image'], np.uint8)
+def to_arrays(batches) -> tuple[np.ndarray, np.ndarray]:
+  """Numpy batches of {'image', 'label'} -> (uint8 [N,H,W,C], int32 [N])."""
+  images, labels = [], []
+  for b in batches:
+    images.append(np.asarray(b['image'], np.uint8))
+    labels.append(np.asarray(b['label'], np.int32) if 'label' in b else np.zeros(len(b['image']), np.int32))
+  images = np.concatenate(images)
   if images.ndim == 3:
     images = images[..., None]
-  labels = np.asarray(ds_numpy.get('label', np.zeros(len(images))), np.int32)
-  return images, labels
+  return images, np.concatenate(labels)
 
 
 def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False,
-         num_examples: int = 0) -> Optional[tuple[np.ndarray, np.ndarray]]:
-  """The split from TFDS, or ``None`` if it is neither prepared nor downloadable now."""
+         num_examples: int = 0, batch_size: int = 4096) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """The split (or its first ``num_examples``) from TFDS; ``None`` if neither prepared nor
+  downloadable now. Files are read in order (no shuffling), so "the first N" is well defined."""
   tfds = _import_tfds()
   with quiet():
     builder = tfds.builder(info.tfds_name, data_dir=data_dir)
@@ -92,8 +96,13 @@ def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False
   if not prepared:
     if not (download and network_available()):
       return None
-    logging.info('downloading %s into %s', info.tfds_name, data_dir)
+    logging.warning('downloading %s into %s', info.tfds_name, data_dir)
     with contextlib.redirect_stdout(io.StringIO()):
       builder.download_and_prepare()
-  ds = builder.as_dataset(split=split_spec(split, num_examples), batch_size=-1, shuffle_files=False)
-  return to_arrays(tfds.as_numpy(ds))
+  with quiet():
+    ds = builder.as_dataset(split=split_spec(split, num_examples), shuffle_files=False)
+    ds = ds.map(lambda ex: {k: ex[k] for k in ('image', 'label') if k in ex}).batch(batch_size)
+    images, labels = to_arrays(tfds.as_numpy(ds))
+  if num_examples:
+    images, labels = images[:num_examples], labels[:num_examples]
+  return images, labels
