@@ -2,6 +2,7 @@
 a corrupt latest checkpoint is set aside (not deleted) and the one before it is used."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,15 +75,22 @@ def _largest_file(directory):
   return max(files, key=os.path.getsize)
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'scramble'])
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+  """A finished 3-epoch run: its directory and its final parameters and best variables."""
+  wd = tmp_path_factory.mktemp('ref')
   host = synthetic_host_data(n_train=96, n_test=32)
   config = tiny_config(num_epochs=3)
-  reference = train.Trainer(config, str(tmp_path / 'ref'), host)
-  reference.fit(log=lambda s: None)
+  trainer = train.Trainer(config, str(wd), host)
+  trainer.fit(log=lambda s: None)
+  return wd, host, config, jax.device_get(trainer.final_state.params), jax.device_get(trainer.best_variables)
 
+
+@pytest.mark.parametrize('damage', ['truncate', 'scramble'])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, reference_run, damage):
+  ref_dir, host, config, ref_params, ref_best = reference_run
   wd = tmp_path / 'run'
-  train.Trainer(config, str(wd), host).fit(log=lambda s: None)
+  shutil.copytree(ref_dir, wd)
   victim = _largest_file(wd / 'checkpoints' / '2' / 'state')
   blob = bytearray(open(victim, 'rb').read())
   if damage == 'truncate':
@@ -100,9 +108,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
   assert any('resumed from' in l and 'after epoch 2' in l for l in logs)
   corrupt = os.listdir(wd / 'checkpoints' / 'corrupt')
   assert len(corrupt) == 1 and corrupt[0].startswith('2-')   # set aside, not deleted
+  assert sorted(p for p in os.listdir(wd / 'checkpoints') if p.isdigit()) == ['0', '1', '2']
   # Epoch 3 was retrained from epoch 2's checkpoint and ended where the reference did.
-  _assert_trees_equal(trainer.final_state.params, reference.final_state.params)
-  _assert_trees_equal(trainer.best_variables, reference.best_variables)
+  _assert_trees_equal(trainer.final_state.params, ref_params)
+  _assert_trees_equal(trainer.best_variables, ref_best)
 
 
 def test_evaluating_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
