@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = 'fashion_mnist'   # The classified dataset (data.DATASETS).
   c.data_dir = ''               # Imported datasets and TFDS data ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   c.download = True             # Let TFDS download when the network answers.
+  c.tfds_manual_dir = ''        # TFDS manual download dir (imagenet2012's tar files).
   c.image_size = 32             # Network input size; 28×28 images are zero-padded.
   c.augment = False             # Random crop (4-pixel reflect pad) + flip; on for CIFAR.
   c.seed = 0
@@ -54,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.reg.dataset = 'fashion_mnist'  # Source of the regularization images.
   c.reg.split = 'train'
   c.reg.num_images = 5000       # The first N images of the split.
+  c.reg.keep_size = False       # Feed them at their own size (e.g. imagenet2012's 36×64), not image_size.
   c.reg.alpha = 10.0            # Regularization strength; 0 = plain cross-entropy.
   c.reg.threshold = 0.8         # Th of eq. 3; 0 = use S^pixel itself (Fig-1 variant).
   c.reg.pairs_per_step = 16

@@ -66,6 +66,9 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo('cifar100', 100, (32, 32, 3), 'cifar', 'cifar100'),
         DatasetInfo('imagenet32', 1000, (32, 32, 3), 'cifar', 'imagenet_resized/32x32',
                     classification=False),
+        # Full ImageNet via TFDS with a manual dir, reduced as in the release: grayscale,
+        # centre crop to the 144×256 aspect, resize to 36×64 (tfds_source.release_imagenet_crop).
+        DatasetInfo('imagenet2012', 1000, (36, 64, 1), 'cifar', 'imagenet2012', classification=False),
     ]
 }
 
@@ -170,10 +173,10 @@ def _from_system(info: DatasetInfo, split: str, data_dir: str):
 
 
 def _from_tfds(info: DatasetInfo, split: str, data_dir: str, download: bool = False,
-               num_examples: int = 0):
+               num_examples: int = 0, manual_dir: str = ''):
   from pixelreg_jax import tfds_source  # Imports TensorFlow: only when actually needed.
   return tfds_source.load(info, split, data_dir or default_data_dir(), download=download,
-                          num_examples=num_examples)
+                          num_examples=num_examples, manual_dir=manual_dir)
 
 
 SOURCES: list[tuple[str, Callable]] = [
@@ -183,8 +186,10 @@ SOURCES: list[tuple[str, Callable]] = [
 
 
 def load_split(name: str, split: str, data_dir: str = '', *, download: bool = False,
-               num_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               num_examples: int = 0, manual_dir: str = '') -> tuple[np.ndarray, np.ndarray]:
   """Loads a whole split (or its first ``num_examples``) as uint8 images and int32 labels.
+
+  ``manual_dir`` is TFDS's manual download directory (imagenet2012's tar files).
 
   Raises:
     DataUnavailableError: with a one-line message naming the dataset, the directory searched
@@ -198,7 +203,8 @@ def load_split(name: str, split: str, data_dir: str = '', *, download: bool = Fa
       if num_examples:
         images, labels = images[:num_examples], labels[:num_examples]
       return images, labels
-  out = _from_tfds(info, split, data_dir, download=download, num_examples=num_examples)
+  out = _from_tfds(info, split, data_dir, download=download, num_examples=num_examples,
+                   manual_dir=manual_dir)
   if out is not None:
     return out
   searched = os.path.dirname(imported_path(data_dir, name, split))

@@ -12,7 +12,7 @@ Image spaces:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -23,12 +23,12 @@ from pixelreg_jax import similarity
 Array = jax.Array
 
 
-def model_input(images: Array, image_size: int, channels: int) -> Array:
+def model_input(images: Array, image_size: Optional[int], channels: int) -> Array:
   """uint8 (or [0,1] float) [B, H, W, C_src] -> float32 [B, S, S, channels] in [0, 1].
 
   Grayscale is the channel mean; a grayscale image is repeated for 3-channel models. A
   smaller image whose margin is even is zero-padded (MNIST 28 → 32, as in the release);
-  any other size change is a bilinear resize.
+  any other size change is a bilinear resize. ``image_size=None`` keeps the size.
   """
   x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
@@ -40,7 +40,7 @@ def model_input(images: Array, image_size: int, channels: int) -> Array:
   elif channels == 3 and x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   h, w = x.shape[1:3]
-  if (h, w) != (image_size, image_size):
+  if image_size is not None and (h, w) != (image_size, image_size):
     dh, dw = image_size - h, image_size - w
     if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
       x = jnp.pad(x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
@@ -105,11 +105,12 @@ class PipelineSpec:
   batch_size: int = flax.struct.field(pytree_node=False, default=64)
   pairs_per_step: int = flax.struct.field(pytree_node=False, default=16)
   regularize: bool = flax.struct.field(pytree_node=False, default=True)
+  reg_keep_size: bool = flax.struct.field(pytree_node=False, default=False)
 
 
-def network_input(images: Array, spec: PipelineSpec) -> Array:
+def network_input(images: Array, spec: PipelineSpec, keep_size: bool = False) -> Array:
   """uint8 native images -> the network's input (no augmentation)."""
-  return normalize(model_input(images, spec.image_size, spec.channels), spec.family)
+  return normalize(model_input(images, None if keep_size else spec.image_size, spec.channels), spec.family)
 
 
 def epoch_order(key: Array, train_indices: Array, epoch: Array) -> Array:
@@ -150,7 +151,7 @@ def train_batch(data: TrainData, order: Array, step_in_epoch: Array, step: Array
   if spec.regularize:
     rows, cols = similarity.pair_indices(keys['pairs'], step, spec.pairs_per_step,
                                          data.reg_images.shape[0])
-    batch['reg_a'] = network_input(data.reg_images[rows], spec)
-    batch['reg_b'] = network_input(data.reg_images[cols], spec)
+    batch['reg_a'] = network_input(data.reg_images[rows], spec, spec.reg_keep_size)
+    batch['reg_b'] = network_input(data.reg_images[cols], spec, spec.reg_keep_size)
     batch['target'] = data.targets[rows, cols]
   return batch

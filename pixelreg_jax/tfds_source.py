@@ -85,23 +85,55 @@ def to_arrays(batches) -> tuple[np.ndarray, np.ndarray]:
   return images, np.concatenate(labels)
 
 
+def release_imagenet_crop(image, height: int = 36, width: int = 64):
+  """The release's ImageNet reduction (TF ops, one image): grayscale as the channel mean, centre
+  crop to the height:width aspect (144:256), bilinear resize to height×width; uint8 [h, w, 1]."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  x = tf.reduce_mean(tf.cast(image, tf.float32), axis=-1, keepdims=True)
+  h, w = tf.shape(x)[0], tf.shape(x)[1]
+  crop_h = tf.minimum(h, tf.cast(tf.round(tf.cast(w, tf.float32) * height / width), tf.int32))
+  crop_w = tf.minimum(w, tf.cast(tf.round(tf.cast(h, tf.float32) * width / height), tf.int32))
+  x = tf.image.crop_to_bounding_box(x, (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w)
+  x = tf.image.resize(x, (height, width), method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+# Per-example reductions applied in the TF pipeline for datasets whose images vary in size.
+PREPROCESS = {'imagenet2012': release_imagenet_crop}
+
+
 def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False,
-         num_examples: int = 0, batch_size: int = 4096) -> Optional[tuple[np.ndarray, np.ndarray]]:
+         num_examples: int = 0, manual_dir: str = '',
+         batch_size: int = 4096) -> Optional[tuple[np.ndarray, np.ndarray]]:
   """The split (or its first ``num_examples``) from TFDS; ``None`` if neither prepared nor
-  downloadable now. Files are read in order (no shuffling), so "the first N" is well defined."""
+  obtainable now. Preparing uses ``manual_dir`` when given (imagenet2012's tar files, no
+  network), else a download when allowed and the network answers. Files are read in order
+  (no shuffling), so "the first N" is well defined."""
   tfds = _import_tfds()
   with quiet():
     builder = tfds.builder(info.tfds_name, data_dir=data_dir)
     prepared = builder.is_prepared()
   if not prepared:
-    if not (download and network_available()):
+    if manual_dir:
+      config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir))
+    elif download and network_available():
+      config = None
+    else:
       return None
-    logging.warning('downloading %s into %s', info.tfds_name, data_dir)
+    logging.warning('preparing %s in %s', info.tfds_name, data_dir)
     with contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare()
+      builder.download_and_prepare(download_config=config)
+  reduce = PREPROCESS.get(info.name)
   with quiet():
     ds = builder.as_dataset(split=split_spec(split, num_examples), shuffle_files=False)
-    ds = ds.map(lambda ex: {k: ex[k] for k in ('image', 'label') if k in ex}).batch(batch_size)
+
+    def select(ex):
+      out = {k: ex[k] for k in ('image', 'label') if k in ex}
+      if reduce is not None:
+        out['image'] = reduce(out['image'], *info.image_shape[:2])
+      return out
+
+    ds = ds.map(select).batch(batch_size)
     images, labels = to_arrays(tfds.as_numpy(ds))
   if num_examples:
     images, labels = images[:num_examples], labels[:num_examples]

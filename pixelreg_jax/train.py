@@ -258,14 +258,15 @@ class MetricsWriter:
 
 def load_data(config: ml_collections.ConfigDict) -> dict:
   """Host arrays of the run: train/test split and the regularization images. Fails fast."""
-  train_x, train_y = data_lib.load_split(config.dataset, 'train', config.data_dir, download=config.download)
-  test_x, test_y = data_lib.load_split(config.dataset, 'test', config.data_dir, download=config.download)
+  kw = {'download': config.download, 'manual_dir': config.tfds_manual_dir}
+  train_x, train_y = data_lib.load_split(config.dataset, 'train', config.data_dir, **kw)
+  test_x, test_y = data_lib.load_split(config.dataset, 'test', config.data_dir, **kw)
   if config.reg.alpha > 0:
     if config.reg.dataset == config.dataset and config.reg.split == 'train':
       reg_x = train_x
     else:
       reg_x, _ = data_lib.load_split(config.reg.dataset, config.reg.split, config.data_dir,
-                                     download=config.download, num_examples=config.reg.num_images)
+                                     num_examples=config.reg.num_images, **kw)
   else:
     reg_x = train_x[:2]
   return {'train_x': train_x, 'train_y': train_y, 'test_x': test_x, 'test_y': test_y, 'reg_x': reg_x}
@@ -275,12 +276,13 @@ def pipeline_spec(config: ml_collections.ConfigDict) -> pipe.PipelineSpec:
   return pipe.PipelineSpec(image_size=config.image_size, channels=config.model.channels,
                            family=data_lib.get_info(config.dataset).family, augment=config.augment,
                            batch_size=config.batch_size, pairs_per_step=config.reg.pairs_per_step,
-                           regularize=config.reg.alpha > 0)
+                           regularize=config.reg.alpha > 0, reg_keep_size=config.reg.keep_size)
 
 
 def similarity_targets(reg_images: np.ndarray, config: ml_collections.ConfigDict) -> Array:
-  """S^target [N, N] from the first N regularization images at the network's input size."""
-  x = pipe.model_input(jnp.asarray(reg_images), config.image_size, config.model.channels)
+  """S^target [N, N] from the regularization images, at the size the network sees them."""
+  size = None if config.reg.keep_size else config.image_size
+  x = pipe.model_input(jnp.asarray(reg_images), size, config.model.channels)
   return similarity.threshold_targets(similarity.pixel_similarity(x), config.reg.threshold)
 
 
@@ -474,8 +476,11 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
       out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
     return out
 
+  defaults = flat(json.loads(config_lib.base_config().to_json_best_effort()))
   old, new = flat(old), flat(new)
-  diff = [k for k in sorted(set(old) | set(new)) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+  # A field the old run did not have yet counts as its default.
+  diff = [k for k in sorted(set(old) | set(new))
+          if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
   if diff:
     k = diff[0]
     raise config_lib.ConfigError(

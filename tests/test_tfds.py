@@ -50,3 +50,18 @@ def test_training_on_tfds_data_with_a_different_reg_source(tmp_path, mock_tfds):
   assert host['reg_x'].shape == (20, 32, 32, 3)
   result = train.Trainer(c, None, host).fit(log=lambda s: None)
   assert np.isfinite(result['test_loss'])
+
+
+def test_imagenet2012_is_reduced_like_the_release_and_fed_at_its_size(tmp_path, mock_tfds):
+  x, _ = data.load_split('imagenet2012', 'train', str(tmp_path), download=True, num_examples=6)
+  assert x.shape == (6, 36, 64, 1) and x.dtype == np.uint8
+  c = tiny_config(num_epochs=1, data_dir=str(tmp_path), download=True, batch_size=4)
+  c.reg.dataset, c.reg.num_images, c.reg.keep_size = 'imagenet2012', 12, True
+  host = train.load_data(c)
+  assert host['reg_x'].shape == (12, 36, 64, 1)
+  trainer = train.Trainer(c, None, host)
+  assert trainer.data.targets.shape == (12, 12)
+  batch = pipe.train_batch(trainer.data, trainer.train_indices_dev[0], 0, 0,
+                           {'augment': trainer.keys.augment[0], 'pairs': trainer.keys.pairs[0]}, trainer.spec)
+  assert batch['image'].shape == (4, 32, 32, 1) and batch['reg_a'].shape == (4, 36, 64, 1)
+  assert np.isfinite(trainer.fit(log=lambda s: None)['test_loss'])
