@@ -5,15 +5,21 @@ r"""Times the jitted train step; prints one JSON line per measurement.
     python -m pixelreg_jax.benchmark --config=configs/cifar10.py --config.num_seeds=7
 
 Modes:
-  step   random data at the config's shapes (batch + pairs, image size, model): ms/step and
-         images/s, where an image is one forward+backward (batch + 2·pairs per step and seed),
-         the same count as ../shared/bench/torch_reference_step.py.
-  input  the same step fed from the config's real dataset and from synthetic data of the same
-         shapes, interleaved, to show the input pipeline costs nothing (ratio ≈ 1).
+  step     random data at the config's shapes (batch + pairs, image size, model): ms/step and
+           images/s, where an image is one forward+backward (batch + 2·pairs per step and seed),
+           the same count as ../shared/bench/torch_reference_step.py; XLA's FLOP count of the
+           step, achieved TFLOP/s, MFU when the device's peak is known (or --peak_tflops).
+  seeds    ``step`` for each K in --seeds_list (K models vmapped in one step), with the projected
+           wall time of K seeds × --project_epochs epochs of a --project_images-image dataset
+           (default: CIFAR10's 49 500 training images, 40 epochs).
+  devices  ``step`` on the first N devices for each N in --devices_list (same global batch).
+  input    the same step fed from the config's real dataset and from synthetic data of the same
+           shapes, interleaved, to show the input pipeline costs nothing (ratio ≈ 1).
 Timing excludes compilation (``--warmup`` steps) and blocks on the result of the last step.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -23,10 +29,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import errors, train
+from pixelreg_jax import errors, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Experiment config.', lock_config=False)
-flags.DEFINE_enum('mode', 'step', ['step', 'input'], 'What to measure.')
+flags.DEFINE_enum('mode', 'step', ['step', 'seeds', 'devices', 'input'], 'What to measure.')
+flags.DEFINE_list('seeds_list', ['1', '2', '4', '7'], 'num_seeds values for --mode=seeds.')
+flags.DEFINE_list('devices_list', None, 'Device counts for --mode=devices (default 1, 2, 4, … up to all).')
+flags.DEFINE_integer('project_epochs', 40, 'Epochs of the projected run (--mode=seeds).')
+flags.DEFINE_integer('project_images', 49500, 'Training images of the projected run (--mode=seeds).')
+flags.DEFINE_float('peak_tflops', 0.0, "The device's peak TFLOP/s for MFU (0 = known devices only).")
 flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).')
 flags.DEFINE_integer('repeats', 3, 'Measurements (the median is reported).')
@@ -70,7 +81,8 @@ def describe(config, trainer: train.Trainer) -> dict:
   pairs = config.reg.pairs_per_step if config.reg.alpha > 0 else 0
   return {'framework': 'jax', 'arch': config.model.name, 'batch': config.batch_size, 'pairs': pairs,
           'size': config.image_size, 'channels': config.model.channels, 'width': config.model.width,
-          'num_seeds': config.num_seeds, 'half_precision': config.half_precision,
+          'num_seeds': config.num_seeds, 'seed_parallelism': train.seed_mode(config),
+          'half_precision': config.half_precision,
           'devices': len(trainer.mesh.devices.flat), 'device_kind': jax.devices()[0].device_kind,
           'jax': jax.__version__}
 
@@ -80,13 +92,70 @@ def images_per_step(config) -> int:
   return config.num_seeds * (config.batch_size + 2 * pairs)
 
 
-def bench_step(config, steps: int, warmup: int, repeats: int, num_train: int = 0) -> dict:
+# Dense peak TFLOP/s by device kind and compute dtype (vendor figures, no sparsity).
+PEAK_TFLOPS = {
+    ('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0, ('NVIDIA H100 80GB HBM3', 'float32'): 494.0,   # TF32
+    ('NVIDIA H200', 'bfloat16'): 989.0, ('NVIDIA H200', 'float32'): 494.0,
+    ('NVIDIA A100-SXM4-40GB', 'bfloat16'): 312.0, ('NVIDIA A100-SXM4-40GB', 'float32'): 156.0,
+}
+
+
+def step_flops(trainer: train.Trainer) -> float:
+  """XLA's FLOP count of one train step over all devices and seeds, or 0 when it gives none.
+
+  XLA reports the per-device program of a sharded computation, hence × devices.
+  """
+  state = jax.eval_shape(trainer.initial_state)
+  order = jax.ShapeDtypeStruct((trainer.K, trainer.train_indices.shape[1]), np.int32)
+  try:
+    cost = trainer.train_step.lower(state, trainer.keys, order, trainer.data, 0).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', 0.0)) * len(trainer.mesh.devices.flat)
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+
+
+def bench_step(config, steps: int, warmup: int, repeats: int, num_train: int = 0, mesh=None,
+               peak_tflops: float = 0.0) -> dict:
   config.val_fraction = 0.0
   num_train = num_train or config.batch_size * (steps + warmup + 1)
-  trainer = train.Trainer(config, None, synthetic_host_data(config, num_train))
+  trainer = train.Trainer(config, None, synthetic_host_data(config, num_train), mesh=mesh)
   per_step = float(np.median(time_steps(trainer, steps, warmup, repeats)))
-  return {**describe(config, trainer), 'mode': 'step', 'ms_per_step': round(1000 * per_step, 3),
-          'images_per_sec': round(images_per_step(config) / per_step, 1)}
+  out = {**describe(config, trainer), 'mode': 'step', 'ms_per_step': round(1000 * per_step, 3),
+         'images_per_sec': round(images_per_step(config) / per_step, 1)}
+  flops = step_flops(trainer)
+  if flops:
+    out['gflops_per_step'] = round(flops / 1e9, 2)
+    out['tflops_per_sec'] = round(flops / per_step / 1e12, 3)
+    dtype = 'bfloat16' if config.half_precision else 'float32'
+    peak = peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].device_kind, dtype), 0.0)
+    if peak:
+      out['mfu'] = round(flops / per_step / 1e12 / (peak * out['devices']), 4)
+  return out
+
+
+def bench_seeds(config, seeds_list, steps, warmup, repeats, epochs, images, peak_tflops=0.0) -> list[dict]:
+  """Step time for K vmapped seeds, and the projected wall time of K seeds × epochs."""
+  out = []
+  for k in seeds_list:
+    c = copy.deepcopy(config)
+    c.num_seeds = k
+    r = bench_step(c, steps, warmup, repeats, peak_tflops=peak_tflops)
+    steps_per_run = (images // c.batch_size) * epochs
+    r.update(mode='seeds', projected_minutes=round(steps_per_run * r['ms_per_step'] / 1000 / 60, 1),
+             projected_for=f'{k} seeds x {epochs} epochs x {images} images')
+    out.append(r)
+  return out
+
+
+def bench_devices(config, devices_list, steps, warmup, repeats, peak_tflops=0.0) -> list[dict]:
+  out = []
+  for n in devices_list:
+    r = bench_step(copy.deepcopy(config), steps, warmup, repeats, mesh=parallel.make_mesh(jax.devices()[:n]),
+                   peak_tflops=peak_tflops)
+    r['mode'] = 'devices'
+    out.append(r)
+  return out
 
 
 def bench_input(config, steps: int, warmup: int, repeats: int) -> dict:
@@ -112,10 +181,20 @@ def main(argv):
   config = _CONFIG.value
   with errors.one_line_errors():
     if FLAGS.mode == 'step':
-      result = bench_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.num_train)
+      results = [bench_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.num_train,
+                            peak_tflops=FLAGS.peak_tflops)]
+    elif FLAGS.mode == 'seeds':
+      results = bench_seeds(config, [int(k) for k in FLAGS.seeds_list], FLAGS.steps, FLAGS.warmup, FLAGS.repeats,
+                            FLAGS.project_epochs, FLAGS.project_images, FLAGS.peak_tflops)
+    elif FLAGS.mode == 'devices':
+      n = len(jax.devices())
+      counts = [int(d) for d in FLAGS.devices_list] if FLAGS.devices_list else \
+          [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= n]
+      results = bench_devices(config, counts, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.peak_tflops)
     else:
-      result = bench_input(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats)
-  print(json.dumps(result), flush=True)
+      results = [bench_input(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats)]
+  for r in results:
+    print(json.dumps(r), flush=True)
 
 
 if __name__ == '__main__':

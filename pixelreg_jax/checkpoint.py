@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
@@ -89,11 +90,13 @@ class CheckpointManager:
 
   def _set_aside(self, step: int, log: Callable[[str], None]) -> None:
     src = os.path.join(self.directory, str(step))
-    dst_dir = os.path.join(self.directory, 'corrupt')
-    os.makedirs(dst_dir, exist_ok=True)
-    dst = os.path.join(dst_dir, f'{step}-{int(time.time())}')
-    shutil.move(src, dst)
-    log(f'WARNING: checkpoint {src} is unreadable or corrupt; moved to {dst}, using the one before')
+    dst = os.path.join(self.directory, 'corrupt', f'{step}-{int(time.time())}')
+    if jax.process_index() == 0:   # One process moves it; the others wait for that.
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(src, dst)
+      log(f'WARNING: checkpoint {src} is unreadable or corrupt; moved to {dst}, using the one before')
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set_aside_{step}')
     self._mngr.reload()
 
   def restore(self, items: dict[str, Any], log: Callable[[str], None] = print,

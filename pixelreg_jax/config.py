@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 32             # Network input size; 28×28 images are zero-padded.
   c.augment = False             # Random crop (4-pixel reflect pad) + flip; on for CIFAR.
   c.seed = 0
-  c.num_seeds = 1               # Independent models trained together (vmapped), seeds seed..seed+K-1.
+  c.num_seeds = 1               # Independent models trained together, seeds seed..seed+K-1.
+  c.seed_parallelism = 'auto'   # How: 'vmap' (batched; GPUs), 'loop' (one after another; CPUs), 'auto'.
   c.batch_size = 64             # Classification batch (global, over all devices).
   c.eval_batch_size = 500
   c.num_epochs = 20
@@ -88,6 +89,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(c.model.width, int) and c.model.width >= 1,
          f'config.model.width={c.model.width!r} must be a positive integer')
   _check(c.model.channels in (1, 3), f'config.model.channels={c.model.channels!r} must be 1 or 3')
+  _check(c.seed_parallelism in ('auto', 'vmap', 'loop'),
+         f"config.seed_parallelism={c.seed_parallelism!r} must be 'auto', 'vmap' or 'loop'")
   _check(isinstance(c.image_size, int) and c.image_size >= 32 and c.image_size % 32 == 0,
          f'config.image_size={c.image_size!r} must be a multiple of 32 (the ResNet downsamples by 8, then pools 4×4)')
   for name in ('batch_size', 'eval_batch_size', 'num_epochs', 'num_seeds', 'log_every_steps'):

@@ -29,13 +29,15 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every step of their work at INFO.
+  import jax  # pylint: disable=import-outside-toplevel
   from pixelreg_jax import parallel, train  # Heavy imports after flag parsing.
   parallel.maybe_initialize_distributed()
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('runs', os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0])
   with errors.one_line_errors():
     result = train.train_and_evaluate(config, workdir)
-  print(json.dumps(result), flush=True)
+  if jax.process_index() == 0:
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':

@@ -49,8 +49,11 @@ def maybe_initialize_distributed() -> bool:
 
   Recognised: an explicit coordinator (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES``
   and ``JAX_PROCESS_ID``), or SLURM with more than one task (``SLURM_NTASKS`` > 1), where JAX
-  reads the rest from SLURM's environment. Returns whether it initialised.
+  reads the rest from SLURM's environment. Returns whether it initialised. CPU processes
+  exchange data through gloo (GPUs use NCCL).
   """
+  if os.environ.get('JAX_COORDINATOR_ADDRESS') or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize(
         coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],

@@ -139,20 +139,36 @@ def eval_step(variables: dict, apply_fn: Callable, images: Array, labels: Array,
           'count': jnp.sum(mask)}
 
 
-def seeded(fn: Callable, num_seeds: int, in_axes) -> Callable:
+def seeded(fn: Callable, num_seeds: int, in_axes, mode: str = 'vmap') -> Callable:
   """Applies a single-model function over the leading seed axis.
 
   ``in_axes`` marks which arguments carry the seed axis (0) and which are shared (None).
-  For one seed the axis is squeezed and re-added instead of vmapped.
+  ``mode='vmap'`` batches the seeds (convolutions become grouped convolutions: fills a GPU);
+  ``mode='loop'`` runs them one after another inside the same program (unrolled: compile time
+  grows with K; on CPUs this is ~2.7× faster than vmap, whose grouped convolutions XLA:CPU runs
+  slowly, while a ``lax.map`` loop was slower still). For one seed the axis is squeezed.
   """
-  if num_seeds > 1:
+  if num_seeds == 1:
+    def single(*args):
+      args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in zip(args, in_axes)]
+      return jax.tree.map(lambda x: x[None], fn(*args))
+    return single
+  if mode == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)
 
-  def single(*args):
-    args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in zip(args, in_axes)]
-    return jax.tree.map(lambda x: x[None], fn(*args))
+  def looped(*args):
+    outs = [fn(*[a if ax is None else jax.tree.map(lambda x, k=k: x[k], a) for a, ax in zip(args, in_axes)])
+            for k in range(num_seeds)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-  return single
+  return looped
+
+
+def seed_mode(config: ml_collections.ConfigDict) -> str:
+  """'vmap' or 'loop' for ``config.seed_parallelism`` ('auto': loop on CPU, vmap elsewhere)."""
+  if config.seed_parallelism == 'auto':
+    return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
+  return config.seed_parallelism
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,14 +350,15 @@ class Trainer:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
       return train_step(state, batch, alpha=alpha, eps=eps)
 
-    self.train_step = jax.jit(seeded(one_step, K, (0, 0, 0, None, None)), donate_argnums=(0,))
+    mode = seed_mode(c)
+    self.train_step = jax.jit(seeded(one_step, K, (0, 0, 0, None, None), mode), donate_argnums=(0,))
     self.epoch_order = jax.jit(jax.vmap(pipe.epoch_order, in_axes=(0, 0, None)))
 
     def one_eval(variables, ds):
       return evaluate_dataset(variables, self.model.apply, ds, spec)
 
-    self.eval_stacked = jax.jit(seeded(one_eval, K, (0, None)))          # one dataset, all seeds
-    self.eval_per_seed = jax.jit(seeded(one_eval, K, (0, 0)))            # a dataset per seed
+    self.eval_stacked = jax.jit(seeded(one_eval, K, (0, None), mode))    # one dataset, all seeds
+    self.eval_per_seed = jax.jit(seeded(one_eval, K, (0, 0), mode))      # a dataset per seed
 
   # -- evaluation --------------------------------------------------------------------
 
@@ -359,9 +376,16 @@ class Trainer:
   # -- the loop ----------------------------------------------------------------------
 
   def fit(self, log: Callable[[str], None] = print) -> dict:
-    """Trains all epochs (resuming from ``workdir`` when it has checkpoints) and tests the best."""
+    """Trains all epochs (resuming from ``workdir`` when it has checkpoints) and tests the best.
+
+    In a multi-process run every process trains; only process 0 logs and writes files
+    (checkpoints are written by all processes together, as orbax requires).
+    """
     c = self.config
-    writer = MetricsWriter(self.workdir, c.tensorboard) if self.workdir else None
+    main_process = jax.process_index() == 0
+    if not main_process:
+      log = lambda s: None  # noqa: E731
+    writer = MetricsWriter(self.workdir, c.tensorboard) if self.workdir and main_process else None
     manager = ckpt_lib.CheckpointManager(self.workdir, keep=c.checkpoint.keep) if self.workdir else None
     state = self.initial_state()
     best = {'variables': jax.tree.map(jnp.copy, self.eval_variables(state)), 'val_loss': np.full(self.K, np.inf),
@@ -494,9 +518,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_workdir_config(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(config, workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  main_process = jax.process_index() == 0
+  if main_process:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   result = trainer.fit()
-  with open(os.path.join(workdir, 'result.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  if main_process:
+    with open(os.path.join(workdir, 'result.json'), 'w') as f:
+      json.dump(result, f, indent=2)
   return result
