@@ -18,14 +18,14 @@ ATTACKS="${ATTACKS:-gaussian,uniform,salt_pepper,fgsm,boundary}"
 SOURCE_SEED="${SOURCE_SEED:-1000}"
 read -r -a EVAL <<< "${EVAL_ARGS:-}"
 
-train() {   # train NAME [overrides…]: all seeds of one model into $OUT/NAME (or NAME_s<k>)
+train() {   # train NAME [overrides…]: all seeds of one model into $OUT/NAME (or NAME_s<k>); later overrides win
   local name="$1"; shift
   if [ "${SEPARATE:-0}" = 1 ]; then
     for ((k = 0; k < SEEDS; k++)); do
-      python -m pixelreg_jax.main --config="$CONFIG" --workdir="$OUT/${name}_s$k" --config.seed="$k" "$@"
+      python -m pixelreg_jax.main --config="$CONFIG" --workdir="$OUT/${name}_s$k" "$@" --config.seed="$k"
     done
   else
-    python -m pixelreg_jax.main --config="$CONFIG" --workdir="$OUT/$name" --config.num_seeds="$SEEDS" "$@"
+    python -m pixelreg_jax.main --config="$CONFIG" --workdir="$OUT/$name" "$@" --config.num_seeds="$SEEDS"
   fi
 }
 workdirs() {   # workdirs NAME: the run directories of one model
@@ -37,10 +37,10 @@ workdirs() {   # workdirs NAME: the run directories of one model
 }
 
 echo "== source model for transferred FGSM (unregularized, seed $SOURCE_SEED)"
-python -m pixelreg_jax.main --config="$CONFIG" --workdir="$OUT/source" --config.reg.alpha=0 \
-  --config.seed="$SOURCE_SEED" "$@"
+python -m pixelreg_jax.main --config="$CONFIG" --workdir="$OUT/source" "$@" --config.reg.alpha=0 \
+  --config.seed="$SOURCE_SEED"
 echo "== $SEEDS seeds, unregularized"
-train unregularized --config.reg.alpha=0 "$@"
+train unregularized "$@" --config.reg.alpha=0
 echo "== $SEEDS seeds, regularized"
 train regularized "$@"
 echo "== attacks: $ATTACKS"

@@ -25,7 +25,7 @@ from absl import app, flags, logging
 
 from pixelreg_jax import attacks as attacks_lib
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import errors, runs
+from pixelreg_jax import errors, runs, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
@@ -33,7 +33,9 @@ flags.DEFINE_string('source_workdir', None, 'Unregularized run whose gradients F
 flags.DEFINE_integer('source_seed_index', 0, 'Which seed of the source run provides the gradients.')
 flags.DEFINE_list('attacks', ['gaussian', 'uniform', 'salt_pepper', 'fgsm'],
                   'Attacks: gaussian, uniform, salt_pepper, fgsm, boundary.')
-flags.DEFINE_integer('num_images', 0, 'Evaluate on the first N test images (0 = all).')
+flags.DEFINE_integer('num_images', 0, 'Evaluate on N test images (0 = all).')
+flags.DEFINE_integer('first_image', 0, 'Index of the first test image used (e.g. to tune on images disjoint '
+                     'from those reported).')
 flags.DEFINE_integer('batch_size', 500, 'Images per evaluation batch.')
 flags.DEFINE_integer('seed', 0, 'Seed of the noise draws and of the Boundary attack images.')
 flags.DEFINE_integer('boundary_images', 1000, 'Random test images for the Boundary attack.')
@@ -61,23 +63,26 @@ def level_sweep(run: runs.Run, attack: attacks_lib.LevelAttack, levels: np.ndarr
                 source: Optional[Callable] = None) -> np.ndarray:
   """Accuracy of every seed at every level: [K, L].
 
-  One jitted program: ``lax.map`` over batches, ``vmap`` over seeds and levels.
+  One jitted program per seed group: ``lax.map`` over batches, ``vmap`` over levels, and over
+  seeds either ``vmap`` (accelerators) or a loop of the same compiled program (CPUs, where
+  vmapped convolutions are slow; ``config.seed_parallelism``). Every seed sees the same noise.
   """
   xb, yb, mb = padded_batches(images, labels, batch_size)
 
-  @jax.jit
-  def sweep(variables, xb, yb, mb):
+  def one_model(variables, xb, yb, mb):
     def batch(args):
       i, x_u8, y, m = args
       x = run.model_input(x_u8)
       aux = attacks_lib.gradient_sign(source, x, y) if attack.needs_source else None
-      k = jax.random.fold_in(key, i)
-      return jax.vmap(lambda v: attacks_lib.correct_per_level(run.logits_fn(v), attack, k, x, y,
-                                                               jnp.asarray(levels), aux, m))(variables)
-    correct = jax.lax.map(batch, (jnp.arange(xb.shape[0]), xb, yb, mb))   # [nb, K, L]
+      return attacks_lib.correct_per_level(run.logits_fn(variables), attack, jax.random.fold_in(key, i), x, y,
+                                           jnp.asarray(levels), aux, m)
+    correct = jax.lax.map(batch, (jnp.arange(xb.shape[0]), xb, yb, mb))   # [nb, L]
     return correct.sum(0) / mb.sum()
 
-  return np.asarray(sweep(run.variables, xb, yb, mb))
+  if train.seed_mode(run.config) == 'vmap':
+    return np.asarray(jax.jit(jax.vmap(one_model, in_axes=(0, None, None, None)))(run.variables, xb, yb, mb))
+  sweep = jax.jit(one_model)
+  return np.stack([np.asarray(sweep(run.seed_variables(k), xb, yb, mb)) for k in range(run.num_seeds)])
 
 
 def boundary_eval(run: runs.Run, images: np.ndarray, key: jax.Array, cfg: attacks_lib.BoundaryConfig,
@@ -120,6 +125,7 @@ def boundary_eval(run: runs.Run, images: np.ndarray, key: jax.Array, cfg: attack
 
 def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional[str] = None,
                  source_seed_index: int = 0, num_images: int = 0, batch_size: int = 500, seed: int = 0,
+                 first_image: int = 0,
                  boundary_images: int = 1000, boundary_cfg: attacks_lib.BoundaryConfig = attacks_lib.BoundaryConfig(),
                  boundary_repeats: int = 5, boundary_batch: int = 250, log=print) -> dict:
   """Evaluates every seed of a run against the named attacks; returns the robustness record."""
@@ -142,12 +148,15 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
         raise errors.ConfigError(f'--source_seed_index={source_seed_index} but the source has {src.num_seeds} seed(s)')
       source = src.logits_fn(src.seed_variables(source_seed_index))
   images, labels = data_lib.load_split(dataset, 'test', run.config.data_dir, download=run.config.download)
-  if num_images:
-    images, labels = images[:num_images], labels[:num_images]
+  total = len(images)
+  end = first_image + num_images if num_images else total
+  images, labels = images[first_image:end], labels[first_image:end]
+  if not len(images):
+    raise errors.ConfigError(f'no test images in [{first_image}, {end}); the test set has {total}')
   key = jax.random.PRNGKey(seed)
   record = {'workdir': os.path.abspath(workdir), 'dataset': dataset, 'seeds': run.seeds,
             'alpha': run.config.reg.alpha, 'threshold': run.config.reg.threshold,
-            'reg_dataset': run.config.reg.dataset, 'num_images': int(len(images)),
+            'reg_dataset': run.config.reg.dataset, 'num_images': int(len(images)), 'first_image': first_image,
             'source_workdir': os.path.abspath(source_workdir) if source else None,
             'attacks': {}, 'seconds': {}}
   for name in attack_names:
@@ -197,7 +206,7 @@ def main(argv):
   with errors.one_line_errors():
     record = evaluate_run(
         FLAGS.workdir, FLAGS.attacks, FLAGS.source_workdir, FLAGS.source_seed_index, FLAGS.num_images,
-        FLAGS.batch_size, FLAGS.seed, FLAGS.boundary_images,
+        FLAGS.batch_size, FLAGS.seed, FLAGS.first_image, FLAGS.boundary_images,
         attacks_lib.BoundaryConfig(steps=FLAGS.boundary_steps), FLAGS.boundary_repeats, FLAGS.boundary_batch)
   out = FLAGS.output or os.path.join(FLAGS.workdir, 'robustness.json')
   with open(out, 'w') as f:

@@ -23,6 +23,10 @@ flags.DEFINE_list('workdirs', None, 'Evaluated run directories.')
 flags.DEFINE_list('labels', None, 'Optional model label per workdir (runs with equal labels are pooled).')
 flags.DEFINE_string('out', None, 'Output directory (default: the first workdir).')
 flags.DEFINE_string('title', None, 'Figure title.')
+flags.DEFINE_bool('grid', False, 'Tabulate a hyper-parameter grid (one run per setting, one of them α=0) and '
+                  'select a setting: grid.md, grid.json.')
+flags.DEFINE_string('robustness_file', 'robustness.json', 'The evaluation file to read in each workdir.')
+flags.DEFINE_float('max_accuracy_drop', 0.02, 'Grid selection: the largest clean-accuracy loss against α=0.')
 
 ATTACK_TITLES = {'gaussian': 'Gaussian noise σ', 'uniform': 'Uniform noise ε', 'salt_pepper': 'Salt & pepper p',
                  'fgsm': 'Transferred FGSM ε'}
@@ -46,10 +50,10 @@ def default_label(record: dict) -> str:
   return f'regularized (α={record["alpha"]:g}, {target}, by {record["reg_dataset"]})'
 
 
-def load_records(workdirs: Sequence[str]) -> list[dict]:
+def load_records(workdirs: Sequence[str], filename: str = 'robustness.json') -> list[dict]:
   records = []
   for w in workdirs:
-    path = os.path.join(w, 'robustness.json')
+    path = os.path.join(w, filename)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path} is missing; run python -m pixelreg_jax.evaluate --workdir={w} first')
     with open(path) as f:
@@ -75,8 +79,10 @@ def aggregate(records: Sequence[dict], labels: Optional[Sequence[str]] = None) -
       entry['attacks'][name] = {'levels': rs[0]['attacks'][name]['levels'], 'mean': mean.tolist(),
                                 'sem': sem.tolist()}
     if all('boundary' in r for r in rs):
-      med = np.concatenate([np.asarray(r['boundary']['median_distance']) for r in rs])
-      mean, sem = mean_sem(med)
+      med = np.concatenate([np.asarray(r['boundary']['median_distance'], np.float64) for r in rs])
+      # A seed whose median is inf (most images never got a starting adversarial) makes the
+      # model's mean inf; its SEM is then undefined.
+      mean, sem = mean_sem(med) if np.all(np.isfinite(med)) else (np.inf, np.nan)
       entry['boundary'] = {'mean': float(mean), 'sem': float(sem), 'steps': rs[0]['boundary']['steps']}
     out[label] = entry
   return out
@@ -108,7 +114,8 @@ def plot(agg: dict, path: str, title: Optional[str] = None) -> None:
     ax.grid(alpha=0.3)
   if has_boundary:
     ax = axes[0][-1]
-    items = [(label, e['boundary']) for label, e in agg.items() if 'boundary' in e]
+    items = [(label, e['boundary']) for label, e in agg.items()
+             if 'boundary' in e and np.isfinite(e['boundary']['mean'])]
     ax.bar(range(len(items)), [b['mean'] for _, b in items], yerr=[b['sem'] for _, b in items],
            color=[colors[list(agg).index(l) % len(colors)] for l, _ in items], capsize=4)
     ax.set_xticks(range(len(items)))
@@ -162,11 +169,60 @@ def write_report(workdirs: Sequence[str], out: str, labels: Optional[Sequence[st
   return agg
 
 
+NOISE = ('gaussian', 'uniform', 'salt_pepper')
+
+
+def grid(records: Sequence[dict], max_accuracy_drop: float = 0.02) -> dict:
+  """Rows (α, Th, clean accuracy, mean accuracy over the levels of each noise attack, score) and
+  the selected setting: the highest score — the mean of the noise attacks' means — among the
+  regularized settings whose clean accuracy is at most ``max_accuracy_drop`` below α=0's."""
+  rows = []
+  for r in records:
+    row = {'alpha': r['alpha'], 'threshold': r['threshold'], 'workdir': r['workdir'],
+           'clean_accuracy': float(np.mean(r['clean_accuracy']))}
+    for name in NOISE:
+      if name in r['attacks']:
+        row[name] = float(np.mean(r['attacks'][name]['accuracy']))
+    row['score'] = float(np.mean([row[n] for n in NOISE if n in row]))
+    rows.append(row)
+  baselines = [row for row in rows if not row['alpha']]
+  if len(baselines) != 1:
+    raise ValueError(f'a grid needs exactly one α=0 run, got {len(baselines)}')
+  floor = baselines[0]['clean_accuracy'] - max_accuracy_drop
+  eligible = [row for row in rows if row['alpha'] and row['clean_accuracy'] >= floor]
+  selected = max(eligible, key=lambda row: row['score']) if eligible else None
+  return {'rows': sorted(rows, key=lambda r: (r['alpha'], r['threshold'])), 'selected': selected,
+          'max_accuracy_drop': max_accuracy_drop, 'baseline_clean_accuracy': baselines[0]['clean_accuracy']}
+
+
+def grid_table(g: dict) -> str:
+  lines = ['| α | Th | clean acc. | Gaussian | uniform | salt & pepper | score | |', '|---|---|---|---|---|---|---|---|']
+  for r in g['rows']:
+    mark = '**selected**' if g['selected'] and r['workdir'] == g['selected']['workdir'] else ''
+    if r['alpha'] and r['clean_accuracy'] < g['baseline_clean_accuracy'] - g['max_accuracy_drop']:
+      mark = f'clean acc. more than {g["max_accuracy_drop"]:.0%} below α=0'
+    lines.append(f'| {r["alpha"]:g} | {r["threshold"]:g} | {r["clean_accuracy"]:.3f} | '
+                 + ' | '.join(f'{r.get(n, float("nan")):.3f}' for n in NOISE) + f' | {r["score"]:.3f} | {mark} |')
+  return '\n'.join(lines) + '\n'
+
+
 def main(argv):
   del argv
   if not FLAGS.workdirs:
     raise app.UsageError('--workdirs is required')
   out = FLAGS.out or FLAGS.workdirs[0]
+  if FLAGS.grid:
+    try:
+      g = grid(load_records(FLAGS.workdirs, FLAGS.robustness_file), FLAGS.max_accuracy_drop)
+    except (FileNotFoundError, ValueError) as e:
+      raise SystemExit(f'error: {e}')
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'grid.md'), 'w') as f:
+      f.write(grid_table(g))
+    with open(os.path.join(out, 'grid.json'), 'w') as f:
+      json.dump(g, f, indent=2)
+    print(json.dumps({'out': os.path.abspath(out), 'selected': g['selected']}), flush=True)
+    return
   try:
     agg = write_report(FLAGS.workdirs, out, FLAGS.labels, FLAGS.title)
   except (FileNotFoundError, ValueError) as e:
