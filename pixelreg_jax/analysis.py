@@ -26,10 +26,15 @@ from pixelreg_jax import data as data_lib
 from pixelreg_jax import errors, runs, similarity
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Trained run directory.')
-flags.DEFINE_integer('num_images', 500, 'Regularization images (pairs = N(N−1)/2).')
-flags.DEFINE_enum('bn', 'eval', ['eval', 'train'], 'BatchNorm mode of the forward pass.')
-flags.DEFINE_string('out', None, 'Output directory (default: the workdir).')
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so modules can be imported together)."""
+  flags.DEFINE_string('workdir', None, 'Trained run directory.')
+  flags.DEFINE_integer('num_images', 500, 'Regularization images (pairs = N(N−1)/2).')
+  flags.DEFINE_enum('bn', 'eval', ['eval', 'train'], 'BatchNorm mode of the forward pass.')
+  flags.DEFINE_string('out', None, 'Output directory (default: the workdir).')
+
 
 TAP_NAMES = ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4']
 
@@ -159,4 +164,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -31,18 +31,24 @@ from ml_collections import config_flags
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import errors, parallel, train
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Experiment config.', lock_config=False)
-flags.DEFINE_enum('mode', 'step', ['step', 'seeds', 'devices', 'input'], 'What to measure.')
-flags.DEFINE_list('seeds_list', ['1', '2', '4', '7'], 'num_seeds values for --mode=seeds.')
-flags.DEFINE_list('devices_list', None, 'Device counts for --mode=devices (default 1, 2, 4, … up to all).')
-flags.DEFINE_integer('project_epochs', 40, 'Epochs of the projected run (--mode=seeds).')
-flags.DEFINE_integer('project_images', 49500, 'Training images of the projected run (--mode=seeds).')
-flags.DEFINE_float('peak_tflops', 0.0, "The device's peak TFLOP/s for MFU (0 = known devices only).")
-flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
-flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).')
-flags.DEFINE_integer('repeats', 3, 'Measurements (the median is reported).')
-flags.DEFINE_integer('num_train', 0, 'Synthetic training images (0 = enough for the timed steps).')
 FLAGS = flags.FLAGS
+_CONFIG = None
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so modules can be imported together)."""
+  global _CONFIG
+  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Experiment config.', lock_config=False)
+  flags.DEFINE_enum('mode', 'step', ['step', 'seeds', 'devices', 'input'], 'What to measure.')
+  flags.DEFINE_list('seeds_list', ['1', '2', '4', '7'], 'num_seeds values for --mode=seeds.')
+  flags.DEFINE_list('devices_list', None, 'Device counts for --mode=devices (default 1, 2, 4, … up to all).')
+  flags.DEFINE_integer('project_epochs', 40, 'Epochs of the projected run (--mode=seeds).')
+  flags.DEFINE_integer('project_images', 49500, 'Training images of the projected run (--mode=seeds).')
+  flags.DEFINE_float('peak_tflops', 0.0, "The device's peak TFLOP/s for MFU (0 = known devices only).")
+  flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).')
+  flags.DEFINE_integer('repeats', 3, 'Measurements (the median is reported).')
+  flags.DEFINE_integer('num_train', 0, 'Synthetic training images (0 = enough for the timed steps).')
 
 
 def synthetic_host_data(config, num_train: int, seed: int = 0) -> dict:
@@ -198,4 +204,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

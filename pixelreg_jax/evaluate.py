@@ -28,21 +28,25 @@ from pixelreg_jax import data as data_lib
 from pixelreg_jax import errors, runs, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
-flags.DEFINE_string('source_workdir', None, 'Unregularized run whose gradients FGSM transfers.')
-flags.DEFINE_integer('source_seed_index', 0, 'Which seed of the source run provides the gradients.')
-flags.DEFINE_list('attacks', ['gaussian', 'uniform', 'salt_pepper', 'fgsm'],
-                  'Attacks: gaussian, uniform, salt_pepper, fgsm, boundary.')
-flags.DEFINE_integer('num_images', 0, 'Evaluate on N test images (0 = all).')
-flags.DEFINE_integer('first_image', 0, 'Index of the first test image used (e.g. to tune on images disjoint '
-                     'from those reported).')
-flags.DEFINE_integer('batch_size', 500, 'Images per evaluation batch.')
-flags.DEFINE_integer('seed', 0, 'Seed of the noise draws and of the Boundary attack images.')
-flags.DEFINE_integer('boundary_images', 1000, 'Random test images for the Boundary attack.')
-flags.DEFINE_integer('boundary_steps', 50, 'Boundary attack steps (the release: 50).')
-flags.DEFINE_integer('boundary_repeats', 5, 'Independent Boundary attack runs (best kept per image).')
-flags.DEFINE_integer('boundary_batch', 250, 'Images per Boundary attack batch.')
-flags.DEFINE_string('output', None, 'Where to write the JSON (default <workdir>/robustness.json).')
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so modules can be imported together)."""
+  flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
+  flags.DEFINE_string('source_workdir', None, 'Unregularized run whose gradients FGSM transfers.')
+  flags.DEFINE_integer('source_seed_index', 0, 'Which seed of the source run provides the gradients.')
+  flags.DEFINE_list('attacks', ['gaussian', 'uniform', 'salt_pepper', 'fgsm'],
+                    'Attacks: gaussian, uniform, salt_pepper, fgsm, boundary.')
+  flags.DEFINE_integer('num_images', 0, 'Evaluate on N test images (0 = all).')
+  flags.DEFINE_integer('first_image', 0, 'Index of the first test image used (e.g. to tune on images disjoint '
+                       'from those reported).')
+  flags.DEFINE_integer('batch_size', 500, 'Images per evaluation batch.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the noise draws and of the Boundary attack images.')
+  flags.DEFINE_integer('boundary_images', 1000, 'Random test images for the Boundary attack.')
+  flags.DEFINE_integer('boundary_steps', 50, 'Boundary attack steps (the release: 50).')
+  flags.DEFINE_integer('boundary_repeats', 5, 'Independent Boundary attack runs (best kept per image).')
+  flags.DEFINE_integer('boundary_batch', 250, 'Images per Boundary attack batch.')
+  flags.DEFINE_string('output', None, 'Where to write the JSON (default <workdir>/robustness.json).')
 
 
 def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
@@ -215,4 +219,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

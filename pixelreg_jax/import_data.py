@@ -36,10 +36,14 @@ from pixelreg_jax import data as data_lib
 Split = tuple[np.ndarray, np.ndarray]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('dataset', None, f'One of {sorted(data_lib.DATASETS)}.')
-flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.')
-flags.DEFINE_string('data_dir', None, 'Destination data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so modules can be imported together)."""
+  flags.DEFINE_string('dataset', None, f'One of {sorted(data_lib.DATASETS)}.')
+  flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.')
+  flags.DEFINE_string('data_dir', None, 'Destination data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+  flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
 
 
 class ImportError_(ValueError):
@@ -237,4 +241,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -19,14 +19,19 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('workdirs', None, 'Evaluated run directories.')
-flags.DEFINE_list('labels', None, 'Optional model label per workdir (runs with equal labels are pooled).')
-flags.DEFINE_string('out', None, 'Output directory (default: the first workdir).')
-flags.DEFINE_string('title', None, 'Figure title.')
-flags.DEFINE_bool('grid', False, 'Tabulate a hyper-parameter grid (one run per setting, one of them α=0) and '
-                  'select a setting: grid.md, grid.json.')
-flags.DEFINE_string('robustness_file', 'robustness.json', 'The evaluation file to read in each workdir.')
-flags.DEFINE_float('max_accuracy_drop', 0.02, 'Grid selection: the largest clean-accuracy loss against α=0.')
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so modules can be imported together)."""
+  flags.DEFINE_list('workdirs', None, 'Evaluated run directories.')
+  flags.DEFINE_list('labels', None, 'Optional model label per workdir (runs with equal labels are pooled).')
+  flags.DEFINE_string('out', None, 'Output directory (default: the first workdir).')
+  flags.DEFINE_string('title', None, 'Figure title.')
+  flags.DEFINE_bool('grid', False, 'Tabulate a hyper-parameter grid (one run per setting, one of them α=0) and '
+                    'select a setting: grid.md, grid.json.')
+  flags.DEFINE_string('robustness_file', 'robustness.json', 'The evaluation file to read in each workdir.')
+  flags.DEFINE_float('max_accuracy_drop', 0.02, 'Grid selection: the largest clean-accuracy loss against α=0.')
+
 
 ATTACK_TITLES = {'gaussian': 'Gaussian noise σ', 'uniform': 'Uniform noise ε', 'salt_pepper': 'Salt & pepper p',
                  'fgsm': 'Transferred FGSM ε'}
@@ -232,4 +237,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

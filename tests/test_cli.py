@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -118,3 +119,37 @@ def test_report_pools_seeds_and_writes_plot_and_table(tmp_path):
   assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10000
   md = (tmp_path / 'out' / 'robustness.md').read_text()
   assert '0.850 ± 0.050' in md and 'regularized (α=4' in md
+
+
+def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch):
+  from pixelreg_jax import analysis, input_pipeline as pipe, runs
+  wd, host, _ = trained
+  monkeypatch.setattr(analysis.data_lib, 'load_split',
+                      lambda *a, num_examples=0, **k: (host['train_x'][:num_examples], host['train_y'][:num_examples]))
+  rec = analysis.analyze(str(wd), num_images=30, log=lambda s: None)
+  assert rec['num_pairs'] == 30 * 29 // 2 and len(rec['seeds']) == 2
+  # NumPy reference for seed 1: S^pixel from the formula, tap cosines from the taps.
+  run = runs.load_run(str(wd), log=lambda s: None)
+  v = run.seed_variables(1)
+  x = np.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), 32, 1), np.float64)[..., 0].reshape(30, -1)
+  x = x - x.mean(0)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  iu = np.triu_indices(30, 1)
+  s_pixel = (x @ x.T)[iu]
+  taps = run.model.apply(v, jnp.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), 32, 1)), False,
+                         method='features')
+  w = np.exp(np.asarray(v['params']['layer_weights'], np.float64))
+  w /= w.sum()
+  combined = 0
+  for t, tap in enumerate(taps):
+    f = (np.asarray(tap, np.float64) - np.asarray(v['sim_stats'][f'running_mean_{t}'])).reshape(30, -1)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    cos = (f @ f.T)[iu]
+    combined = combined + w[t] * cos
+    assert rec['seeds'][1]['taps'][analysis.TAP_NAMES[t]]['pearson'] == pytest.approx(
+        np.corrcoef(cos, s_pixel)[0, 1], abs=1e-4)
+  assert rec['seeds'][1]['combined']['pearson'] == pytest.approx(np.corrcoef(combined, s_pixel)[0, 1], abs=1e-4)
+  out = analysis.write(rec, str(wd / 'an'))
+  assert (wd / 'an' / 'analysis.png').stat().st_size > 10000
+  saved = json.loads((wd / 'an' / 'analysis.json').read_text())
+  assert saved['combined_mean']['pearson'] == pytest.approx(rec['combined_mean']['pearson'])
