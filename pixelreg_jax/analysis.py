@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from scipy import stats
 
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import errors, runs, similarity
+from pixelreg_jax import cli, runs, similarity
 
 FLAGS = flags.FLAGS
 
@@ -148,11 +147,10 @@ def write(record: dict, out: str) -> str:
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  with errors.one_line_errors():
+  with cli.one_line_errors():
     record = analyze(FLAGS.workdir, FLAGS.num_images, FLAGS.bn)
   out = write(record, FLAGS.out or FLAGS.workdir)
   print(json.dumps({'workdir': record['workdir'], 'num_pairs': record['num_pairs'],

@@ -25,11 +25,11 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import errors, parallel, train
+from pixelreg_jax import cli, parallel, train
 
 FLAGS = flags.FLAGS
 _CONFIG = None
@@ -182,10 +182,9 @@ def bench_input(config, steps: int, warmup: int, repeats: int) -> dict:
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()
   config = _CONFIG.value
-  with errors.one_line_errors():
+  with cli.one_line_errors():
     if FLAGS.mode == 'step':
       results = [bench_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.num_train,
                             peak_tflops=FLAGS.peak_tflops)]

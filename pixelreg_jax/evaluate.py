@@ -21,11 +21,11 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from pixelreg_jax import attacks as attacks_lib
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import errors, runs, train
+from pixelreg_jax import cli, runs, train
 
 FLAGS = flags.FLAGS
 
@@ -135,7 +135,7 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
   """Evaluates every seed of a run against the named attacks; returns the robustness record."""
   unknown = [a for a in attack_names if a not in attacks_lib.LEVEL_ATTACKS and a != 'boundary']
   if unknown:
-    raise errors.ConfigError(f'unknown attack(s) {unknown}; choose from '
+    raise cli.ConfigError(f'unknown attack(s) {unknown}; choose from '
                              f'{sorted(attacks_lib.LEVEL_ATTACKS) + ["boundary"]}')
   run = runs.load_run(workdir, log=log)
   dataset = run.config.dataset
@@ -147,16 +147,16 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
     else:
       src = runs.load_run(source_workdir, log=log)
       if src.config.dataset != dataset:
-        raise errors.ConfigError(f'--source_workdir was trained on {src.config.dataset}, not {dataset}')
+        raise cli.ConfigError(f'--source_workdir was trained on {src.config.dataset}, not {dataset}')
       if not 0 <= source_seed_index < src.num_seeds:
-        raise errors.ConfigError(f'--source_seed_index={source_seed_index} but the source has {src.num_seeds} seed(s)')
+        raise cli.ConfigError(f'--source_seed_index={source_seed_index} but the source has {src.num_seeds} seed(s)')
       source = src.logits_fn(src.seed_variables(source_seed_index))
   images, labels = data_lib.load_split(dataset, 'test', run.config.data_dir, download=run.config.download)
   total = len(images)
   end = first_image + num_images if num_images else total
   images, labels = images[first_image:end], labels[first_image:end]
   if not len(images):
-    raise errors.ConfigError(f'no test images in [{first_image}, {end}); the test set has {total}')
+    raise cli.ConfigError(f'no test images in [{first_image}, {end}); the test set has {total}')
   key = jax.random.PRNGKey(seed)
   record = {'workdir': os.path.abspath(workdir), 'dataset': dataset, 'seeds': run.seeds,
             'alpha': run.config.reg.alpha, 'threshold': run.config.reg.threshold,
@@ -203,11 +203,10 @@ def summary(record: dict) -> dict:
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  with errors.one_line_errors():
+  with cli.one_line_errors():
     record = evaluate_run(
         FLAGS.workdir, FLAGS.attacks, FLAGS.source_workdir, FLAGS.source_seed_index, FLAGS.num_images,
         FLAGS.batch_size, FLAGS.seed, FLAGS.first_image, FLAGS.boundary_images,

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from pixelreg_jax import errors
+from pixelreg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/fashion_mnist.py', 'Experiment config file.',
                                           lock_config=True)
@@ -27,14 +26,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, met
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every step of their work at INFO.
+  cli.quiet_logging()
   import jax  # pylint: disable=import-outside-toplevel
   from pixelreg_jax import parallel, train  # Heavy imports after flag parsing.
   parallel.maybe_initialize_distributed()
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('runs', os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0])
-  with errors.one_line_errors():
+  with cli.one_line_errors():
     result = train.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
     print(json.dumps(result), flush=True)

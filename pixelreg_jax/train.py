@@ -6,7 +6,6 @@ step (the axis is squeezed inside jit), for K > 1 it is ``jax.vmap``-ed over the
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os

@@ -86,7 +86,7 @@ def test_evaluate_run_records_every_seed_and_attack(trained, monkeypatch):
 
 def test_unknown_attack_is_a_config_error(trained):
   wd, _, _ = trained
-  with pytest.raises(evaluate.errors.ConfigError, match='unknown attack'):
+  with pytest.raises(evaluate.cli.ConfigError, match='unknown attack'):
     evaluate.evaluate_run(str(wd), ['gaussian', 'pgd'])
 
 
@@ -149,7 +149,7 @@ def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch)
     assert rec['seeds'][1]['taps'][analysis.TAP_NAMES[t]]['pearson'] == pytest.approx(
         np.corrcoef(cos, s_pixel)[0, 1], abs=1e-4)
   assert rec['seeds'][1]['combined']['pearson'] == pytest.approx(np.corrcoef(combined, s_pixel)[0, 1], abs=1e-4)
-  out = analysis.write(rec, str(wd / 'an'))
+  analysis.write(rec, str(wd / 'an'))
   assert (wd / 'an' / 'analysis.png').stat().st_size > 10000
   saved = json.loads((wd / 'an' / 'analysis.json').read_text())
   assert saved['combined_mean']['pearson'] == pytest.approx(rec['combined_mean']['pearson'])

@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, cli_overrides, run_env, write_imported_dataset

@@ -1,8 +1,10 @@
-"""User-facing errors: one line on stderr, exit status 2, no traceback."""
+"""Command-line helpers: user errors as one line (exit status 2, no traceback), quiet logging."""
 from __future__ import annotations
 
 import contextlib
 import sys
+
+from absl import flags, logging
 
 from pixelreg_jax.checkpoint import CheckpointError
 from pixelreg_jax.config import ConfigError
@@ -19,3 +21,10 @@ def one_line_errors():
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def quiet_logging() -> None:
+  """Orbax and JAX log every step of their work at INFO: show warnings and errors only, unless
+  the user asked for a level with --verbosity."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
