@@ -247,6 +247,9 @@ def _fmt_time(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+_add_trees = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))   # one dispatch per step
+
+
 def _scalars(tree) -> dict:
   return {k: float(np.mean(v)) for k, v in jax.device_get(tree).items()}
 
@@ -334,8 +337,10 @@ class Trainer:
     targets = (similarity_targets(reg_x, c) if c.reg.alpha > 0 else jnp.zeros((2, 2), jnp.float32))
     self.data = jax.device_put(pipe.TrainData(self.host['train_x'], self.host['train_y'], reg_x, targets), rep)
     self.train_indices_dev = jax.device_put(self.train_indices, rep)
-    self.val_sets = [jax.device_put(make_eval_set(self.host['train_x'][v], self.host['train_y'][v], c.eval_batch_size), rep)
-                     for v in self.val_indices]
+    # Validation sets of all seeds, stacked [K, ...] (same size: the split fraction is fixed).
+    self.val_sets = jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *[
+        make_eval_set(self.host['train_x'][v], self.host['train_y'][v], c.eval_batch_size)
+        for v in self.val_indices]), rep)
     self.test_set = jax.device_put(make_eval_set(self.host['test_x'], self.host['test_y'], c.eval_batch_size), rep)
 
     init = jax.jit(jax.vmap(lambda k: create_train_state(k, c, self.model, self.tx)), out_shardings=rep)
@@ -366,8 +371,7 @@ class Trainer:
     return {'params': state.params, 'batch_stats': state.batch_stats, 'sim_stats': state.sim_stats}
 
   def evaluate_val(self, variables: dict) -> dict:
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *self.val_sets)
-    return jax.device_get(self.eval_per_seed(variables, stacked))
+    return jax.device_get(self.eval_per_seed(variables, self.val_sets))
 
   def evaluate_test(self, variables: dict) -> dict:
     return jax.device_get(self.eval_stacked(variables, self.test_set))
@@ -412,7 +416,7 @@ class Trainer:
       t_epoch, t_mark, mark_step, sums, n_sums = time.time(), None, 0, None, 0
       for i in range(spe):
         state, metrics = self.train_step(state, self.keys, order, self.data, i)
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        sums = metrics if sums is None else _add_trees(sums, metrics)
         n_sums += 1
         if i == 0:
           jax.block_until_ready(metrics)
