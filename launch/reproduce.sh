@@ -2,12 +2,13 @@
 # The reduced-scale reproduction (docs/results/): Fashion-MNIST regularized by Fashion-MNIST on
 # 2 CPU cores, from the offline data, in four stages (each resumes when re-run):
 #  1. a grid of (α, Th) + the α=0 baseline, seed 0, noise attacks on test images 8000-9999;
-#  2. selection: the most noise-robust setting whose clean accuracy is within 2 points of α=0;
+#  2. selection: the most noise-robust setting whose clean accuracy is within MAX_DROP (5 points)
+#     of α=0 (at this budget every setting costs accuracy; 2 points selected none, see README);
 #  3. 7 seeds of α=0 and of the selected setting + an unregularized FGSM source model (seed 1000),
 #     every attack of METHOD §7 on test images 0-1999 (Boundary: 100 images, 2 repeats);
 #  4. the Fig. 1 analysis of both models; everything copied to docs/results/fashion_mnist/.
 #   bash launch/reproduce.sh                      (~1.5 h on 2 cores)
-# Env: OUT (runs/repro), DOCS (docs/results/fashion_mnist), SEEDS (7), GRID ("α:Th …"),
+# Env: OUT (runs/repro), DOCS (docs/results/fashion_mnist), SEEDS (7), GRID ("α:Th …"), MAX_DROP (0.05),
 #      EXTRA (config overrides for every run).
 source "$(dirname "$0")/common.sh"
 OUT="${OUT:-runs/repro}"
@@ -36,8 +37,13 @@ done
 
 stamp "2/4 selection"
 python -m pixelreg_jax.report --grid --workdirs="$(IFS=,; echo "${grid_dirs[*]}")" \
-  --robustness_file=robustness_select.json --max_accuracy_drop=0.02 --out="$DOCS"
-read -r ALPHA TH < <(python -c "import json; s=json.load(open('$DOCS/grid.json'))['selected']; print(s['alpha'], s['threshold'])")
+  --robustness_file=robustness_select.json --max_accuracy_drop="${MAX_DROP:-0.05}" --out="$DOCS"
+selected=$(python -c "import json; s=json.load(open('$DOCS/grid.json'))['selected']; print(f\"{s['alpha']} {s['threshold']}\" if s else '')")
+if [ -z "$selected" ]; then
+  echo "error: no grid setting keeps clean accuracy within MAX_DROP=${MAX_DROP:-0.05} of α=0; see $DOCS/grid.md" >&2
+  exit 1
+fi
+read -r ALPHA TH <<< "$selected"
 stamp "selected α=$ALPHA Th=$TH"
 
 stamp "3/4 $SEEDS seeds per model, every attack"
