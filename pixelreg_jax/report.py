@@ -124,7 +124,8 @@ def plot(agg: dict, path: str, title: Optional[str] = None) -> None:
     ax.bar(range(len(items)), [b['mean'] for _, b in items], yerr=[b['sem'] for _, b in items],
            color=[colors[list(agg).index(l) % len(colors)] for l, _ in items], capsize=4)
     ax.set_xticks(range(len(items)))
-    ax.set_xticklabels([f'model {list(agg).index(l) + 1}' for l, _ in items])
+    # Short tick labels (the label's first word, e.g. 'regularized'); colours match the legend.
+    ax.set_xticklabels([l.split(' (')[0].split()[0] for l, _ in items])
     ax.set_ylabel('Boundary attack median ‖δ‖²/D')
   handles, labels = axes[0][0].get_legend_handles_labels()
   fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 3), frameon=False)
