@@ -7,7 +7,7 @@
 #  3. 7 seeds of α=0 and of the selected setting + an unregularized FGSM source model (seed 1000),
 #     every attack of METHOD §7 on test images 0-1999 (Boundary: 100 images, 2 repeats);
 #  4. the Fig. 1 analysis of both models; everything copied to docs/results/fashion_mnist/.
-#   bash launch/reproduce.sh                      (~1.5 h on 2 cores)
+#   bash launch/reproduce.sh                      (~70 min on 2 cores)
 # Env: OUT (runs/repro), DOCS (docs/results/fashion_mnist), SEEDS (7), GRID ("α:Th …"), MAX_DROP (0.05),
 #      EXTRA (config overrides for every run).
 source "$(dirname "$0")/common.sh"

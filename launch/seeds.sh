@@ -7,8 +7,9 @@
 #   SEEDS=7 ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary EVAL_ARGS="--num_images=2000" \
 #     bash launch/seeds.sh configs/mnist_by_mnist.py runs/mnist
 #
-# The N seeds of a model train together in one program (--config.num_seeds=N, vmapped), which
-# fills a GPU at batch 64; SEPARATE=1 trains one process per seed instead. Re-running resumes.
+# The N seeds of a model train together in one program (--config.num_seeds=N; vmapped on a GPU,
+# where it fills the device at batch 64, looped on CPU: seed_parallelism=auto); SEPARATE=1 trains
+# one process per seed instead. Re-running resumes.
 source "$(dirname "$0")/common.sh"
 CONFIG="${1:?usage: bash launch/seeds.sh CONFIG OUT [overrides…]}"
 OUT="${2:?usage: bash launch/seeds.sh CONFIG OUT [overrides…]}"

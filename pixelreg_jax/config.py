@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.reg.eps = 1e-5              # ε inside the arctanh² loss.
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.keep = 3         # Latest checkpoints kept (the best one is kept separately).
+  c.checkpoint.keep = 3         # Latest checkpoints kept (each also carries the best-by-validation variables so far).
   return c
 
 
