@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
-  flags.DEFINE_string('workdir', None, 'Trained run directory.')
+  flags.DEFINE_string('workdir', None, 'Trained run directory.', required=True)
   flags.DEFINE_integer('num_images', 500, 'Regularization images (pairs = N(N−1)/2).')
   flags.DEFINE_enum('bn', 'eval', ['eval', 'train'], 'BatchNorm mode of the forward pass.')
   flags.DEFINE_string('out', None, 'Output directory (default: the workdir).')
@@ -148,8 +148,6 @@ def write(record: dict, out: str) -> str:
 def main(argv):
   del argv
   cli.quiet_logging()
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required')
   with cli.one_line_errors():
     record = analyze(FLAGS.workdir, FLAGS.num_images, FLAGS.bn)
   out = write(record, FLAGS.out or FLAGS.workdir)

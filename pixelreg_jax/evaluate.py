@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
-  flags.DEFINE_string('workdir', None, 'Run directory to evaluate.')
+  flags.DEFINE_string('workdir', None, 'Run directory to evaluate.', required=True)
   flags.DEFINE_string('source_workdir', None, 'Unregularized run whose gradients FGSM transfers.')
   flags.DEFINE_integer('source_seed_index', 0, 'Which seed of the source run provides the gradients.')
   flags.DEFINE_list('attacks', ['gaussian', 'uniform', 'salt_pepper', 'fgsm'],
@@ -204,8 +204,6 @@ def summary(record: dict) -> dict:
 def main(argv):
   del argv
   cli.quiet_logging()
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required')
   with cli.one_line_errors():
     record = evaluate_run(
         FLAGS.workdir, FLAGS.attacks, FLAGS.source_workdir, FLAGS.source_seed_index, FLAGS.num_images,

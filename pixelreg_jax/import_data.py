@@ -40,8 +40,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
-  flags.DEFINE_string('dataset', None, f'One of {sorted(data_lib.DATASETS)}.')
-  flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.')
+  flags.DEFINE_string('dataset', None, f'One of {sorted(data_lib.DATASETS)}.', required=True)
+  flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.', required=True)
   flags.DEFINE_string('data_dir', None, 'Destination data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
   flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
 
@@ -231,8 +231,6 @@ def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_i
 
 def main(argv):
   del argv
-  if not FLAGS.dataset or not FLAGS.source:
-    raise app.UsageError('--dataset and --source are required')
   try:
     out = import_dataset(FLAGS.dataset, FLAGS.source, FLAGS.data_dir, FLAGS.max_images)
   except (ImportError_, ValueError, OSError) as e:

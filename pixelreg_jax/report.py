@@ -24,6 +24,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
   flags.DEFINE_list('workdirs', None, 'Evaluated run directories.')
+  flags.register_validator('workdirs', bool, '--workdirs needs at least one run directory')
   flags.DEFINE_list('labels', None, 'Optional model label per workdir (runs with equal labels are pooled).')
   flags.DEFINE_string('out', None, 'Output directory (default: the first workdir).')
   flags.DEFINE_string('title', None, 'Figure title.')
@@ -214,8 +215,6 @@ def grid_table(g: dict) -> str:
 
 def main(argv):
   del argv
-  if not FLAGS.workdirs:
-    raise app.UsageError('--workdirs is required')
   out = FLAGS.out or FLAGS.workdirs[0]
   if FLAGS.grid:
     try:
