@@ -64,29 +64,42 @@ def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
 
 def level_sweep(run: runs.Run, attack: attacks_lib.LevelAttack, levels: np.ndarray, images: np.ndarray,
                 labels: np.ndarray, key: jax.Array, batch_size: int,
-                source: Optional[Callable] = None) -> np.ndarray:
+                source: Optional[Callable] = None, first_image: int = 0) -> np.ndarray:
   """Accuracy of every seed at every level: [K, L].
 
   One jitted program per seed group: ``lax.map`` over batches, ``vmap`` over levels, and over
   seeds either ``vmap`` (accelerators) or a loop of the same compiled program (CPUs, where
   vmapped convolutions are slow; ``config.seed_parallelism``). Every seed sees the same noise.
+  FGSM scales by the range of the release's 64-image test batches (``attacks.batch_range``;
+  ``first_image`` is the test-set index of ``images[0]``).
   """
   xb, yb, mb = padded_batches(images, labels, batch_size)
+  if attack.needs_source:
+    lo, hi = attacks_lib.batch_range(model_inputs(run, images), offset=first_image)
+    lob, hib = (padded_batches(a, labels, batch_size)[0] for a in (lo, hi))
+  else:
+    lob = hib = np.zeros(xb.shape[:2], np.float32)   # unused
 
   def one_model(variables, xb, yb, mb):
     def batch(args):
-      i, x_u8, y, m = args
+      i, x_u8, y, m, lo, hi = args
       x = run.model_input(x_u8)
-      aux = attacks_lib.gradient_sign(source, x, y) if attack.needs_source else None
+      aux = attacks_lib.FgsmAux(attacks_lib.gradient_sign(source, x, y), lo, hi) if attack.needs_source else None
       return attacks_lib.correct_per_level(run.logits_fn(variables), attack, jax.random.fold_in(key, i), x, y,
                                            jnp.asarray(levels), aux, m)
-    correct = jax.lax.map(batch, (jnp.arange(xb.shape[0]), xb, yb, mb))   # [nb, L]
+    correct = jax.lax.map(batch, (jnp.arange(xb.shape[0]), xb, yb, mb, lob, hib))   # [nb, L]
     return correct.sum(0) / mb.sum()
 
   if train.seed_mode(run.config) == 'vmap':
     return np.asarray(jax.jit(jax.vmap(one_model, in_axes=(0, None, None, None)))(run.variables, xb, yb, mb))
   sweep = jax.jit(one_model)
   return np.stack([np.asarray(sweep(run.seed_variables(k), xb, yb, mb)) for k in range(run.num_seeds)])
+
+
+def model_inputs(run: runs.Run, images: np.ndarray, chunk: int = 2000) -> np.ndarray:
+  """uint8 native images -> float32 [0, 1] at the network's input (host array), in chunks."""
+  fn = jax.jit(run.model_input)
+  return np.concatenate([np.asarray(fn(images[i:i + chunk])) for i in range(0, len(images), chunk)])
 
 
 def boundary_eval(run: runs.Run, images: np.ndarray, key: jax.Array, cfg: attacks_lib.BoundaryConfig,
@@ -170,7 +183,7 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
     attack = attacks_lib.LEVEL_ATTACKS[name]
     levels = attacks_lib.attack_levels(dataset, name)
     acc = level_sweep(run, attack, levels, images, labels, jax.random.fold_in(key, zlib.crc32(name.encode())),
-                      batch_size, source)
+                      batch_size, source, first_image)
     record['attacks'][name] = {'levels': levels.tolist(), 'accuracy': acc.tolist()}
     record['seconds'][name] = time.time() - t
     log(f'{name}: accuracy {" ".join(f"{a:.3f}" for a in acc.mean(0))} (mean over {run.num_seeds} seed(s)) '

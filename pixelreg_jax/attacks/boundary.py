@@ -1,140 +1,16 @@
-"""Black-box attacks as pure JAX functions (METHOD.md sections 7 and 8).
-
-All attacks work on images in [0, 1] at the network's input size, [B, S, S, C], and clip every
-perturbed image to the clean image's own [min, max] (as the release does). A model is seen only
-through ``logits_fn(images) -> [B, classes]`` (normalisation included).
-
-Level attacks (one strength per call, vmapped over the 10 levels by ``evaluate``):
-  gaussian     x + σ·N(0, 1)
-  uniform      x + ε·U(−1, 1)
-  salt_pepper  each pixel (all channels together) → min or max of the image with probability p
-  fgsm         x + (max − min)·ε·sign(∇ₓ CE) with the gradient of another (unregularized) model
-
-Decision-based: ``boundary_attack`` (Brendel, Rauber & Bethge 2017), batched over images.
-
-Add an attack: write ``fn(key, x, level, aux) -> x_adv`` and register it in ``LEVEL_ATTACKS``
-with its maximum levels in ``MAX_LEVELS``; ``evaluate`` picks it up by name.
-"""
+"""Decision-based Boundary attack (Brendel, Rauber & Bethge 2017), batched over images."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixelreg_jax.attacks.levels import image_range
+
 Array = jax.Array
-
-# ---------------------------------------------------------------------------------------
-# Levels (METHOD §7): linspace(0, max, 10).
-# ---------------------------------------------------------------------------------------
-
-MAX_LEVELS = {
-    'mnist': {'gaussian': 0.5, 'uniform': 0.5, 'salt_pepper': 0.3, 'fgsm': 0.5},
-    'fashion_mnist': {'gaussian': 0.5, 'uniform': 0.5, 'salt_pepper': 0.3, 'fgsm': 0.5},
-    'cifar10': {'gaussian': 0.1, 'uniform': 0.1, 'salt_pepper': 0.1, 'fgsm': 0.02},
-    'cifar100': {'gaussian': 0.1, 'uniform': 0.1, 'salt_pepper': 0.1, 'fgsm': 0.005},
-}
-
-
-def attack_levels(dataset: str, attack: str, num: int = 10) -> np.ndarray:
-  """The ``num`` strengths linspace(0, max) of ``attack`` on ``dataset``."""
-  if dataset not in MAX_LEVELS:
-    raise ValueError(f'no attack levels for dataset {dataset!r}; add them to attacks.MAX_LEVELS')
-  return np.linspace(0.0, MAX_LEVELS[dataset][attack], num).astype(np.float32)
-
-
-def image_range(x: Array) -> tuple[Array, Array]:
-  """Per-image min and max, shaped [B, 1, 1, 1] for broadcasting."""
-  axes = tuple(range(1, x.ndim))
-  return x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
-
-
-def clip_to_image_range(x_adv: Array, x: Array) -> Array:
-  """Clips each perturbed image to its clean image's own [min, max]."""
-  lo, hi = image_range(x)
-  return jnp.clip(x_adv, lo, hi)
-
-
-# ---------------------------------------------------------------------------------------
-# Level attacks: fn(key, x [B,S,S,C] in [0,1], level scalar, aux) -> x_adv.
-# ---------------------------------------------------------------------------------------
-
-
-def gaussian_noise(key: Array, x: Array, level: Array, aux: Any = None) -> Array:
-  del aux
-  return clip_to_image_range(x + level * jax.random.normal(key, x.shape, x.dtype), x)
-
-
-def uniform_noise(key: Array, x: Array, level: Array, aux: Any = None) -> Array:
-  del aux
-  return clip_to_image_range(x + level * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0), x)
-
-
-def salt_and_pepper(key: Array, x: Array, level: Array, aux: Any = None) -> Array:
-  """With probability ``level`` a pixel becomes the image's min or max (equally likely)."""
-  del aux
-  k_hit, k_salt = jax.random.split(key)
-  pixel_shape = x.shape[:-1] + (1,)
-  hit = jax.random.uniform(k_hit, pixel_shape) < level
-  salt = jax.random.bernoulli(k_salt, 0.5, pixel_shape)
-  lo, hi = image_range(x)
-  return jnp.where(hit, jnp.where(salt, hi, lo), x)
-
-
-def fgsm(key: Array, x: Array, level: Array, aux: Array) -> Array:
-  """Transferred FGSM: ``aux`` = sign(∇ₓ CE) of the source model at x, [B,S,S,C]."""
-  del key
-  lo, hi = image_range(x)
-  return jnp.clip(x + (hi - lo) * level * aux, lo, hi)
-
-
-def gradient_sign(logits_fn: Callable[[Array], Array], x: Array, labels: Array) -> Array:
-  """sign(∇ₓ mean CE(logits_fn(x), labels)): the FGSM direction of a (source) model."""
-  def loss(xx):
-    logits = logits_fn(xx)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    return -jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=1))
-  return jnp.sign(jax.grad(loss)(x))
-
-
-@dataclasses.dataclass(frozen=True)
-class LevelAttack:
-  name: str
-  perturb: Callable[[Array, Array, Array, Any], Array]
-  needs_source: bool = False   # aux = gradient_sign of the source model
-
-
-LEVEL_ATTACKS: dict[str, LevelAttack] = {
-    'gaussian': LevelAttack('gaussian', gaussian_noise),
-    'uniform': LevelAttack('uniform', uniform_noise),
-    'salt_pepper': LevelAttack('salt_pepper', salt_and_pepper),
-    'fgsm': LevelAttack('fgsm', fgsm, needs_source=True),
-}
-
-
-def correct_per_level(logits_fn: Callable[[Array], Array], attack: LevelAttack, key: Array, x: Array,
-                      labels: Array, levels: Array, aux: Any = None, mask: Optional[Array] = None) -> Array:
-  """Correct predictions at each level: [L], vmapped over the levels.
-
-  Args:
-    logits_fn: the attacked model.
-    attack: a ``LevelAttack``.
-    key: PRNG key of this batch (each level gets its own fold).
-    x: [B,S,S,C] clean images in [0, 1]; labels [B].
-    levels: [L] strengths.
-    aux: the attack's extra input (FGSM: the source gradient sign).
-    mask: [B] weights of real (1) and padding (0) images.
-  """
-  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask
-
-  def one(level, k):
-    pred = jnp.argmax(logits_fn(attack.perturb(k, x, level, aux)), -1)
-    return jnp.sum((pred == labels) * mask)
-
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(levels.shape[0]))
-  return jax.vmap(one)(levels, keys)
 
 
 # ---------------------------------------------------------------------------------------

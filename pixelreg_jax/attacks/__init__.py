@@ -1,0 +1,19 @@
+"""Robustness attacks as pure JAX functions (METHOD.md sections 7 and 8).
+
+  levels     noise and transferred FGSM, one strength per call (``LEVEL_ATTACKS``)
+  boundary   the decision-based Boundary attack (``boundary_attack``)
+
+Every attack works on images in [0, 1] at the network's input size and sees a model only
+through a function of such images (logits or predicted labels).
+"""
+from pixelreg_jax.attacks.boundary import BoundaryConfig, boundary_attack
+from pixelreg_jax.attacks.levels import (LEVEL_ATTACKS, MAX_LEVELS, FgsmAux, LevelAttack, attack_levels,
+                                         batch_range, clip_to_image_range, correct_per_level, fgsm,
+                                         gaussian_noise, gradient_sign, image_range, salt_and_pepper,
+                                         uniform_noise)
+
+__all__ = [
+    'BoundaryConfig', 'boundary_attack', 'LEVEL_ATTACKS', 'MAX_LEVELS', 'FgsmAux', 'LevelAttack',
+    'attack_levels', 'batch_range', 'clip_to_image_range', 'correct_per_level', 'fgsm', 'gaussian_noise',
+    'gradient_sign', 'image_range', 'salt_and_pepper', 'uniform_noise',
+]
