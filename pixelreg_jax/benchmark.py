@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import cli, parallel, train
+from pixelreg_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 _CONFIG = None
@@ -86,7 +87,7 @@ def time_steps(trainer: train.Trainer, steps: int, warmup: int, repeats: int) ->
 def describe(config, trainer: train.Trainer) -> dict:
   pairs = config.reg.pairs_per_step if config.reg.alpha > 0 else 0
   return {'framework': 'jax', 'arch': config.model.name, 'batch': config.batch_size, 'pairs': pairs,
-          'size': config.image_size, 'channels': config.model.channels, 'width': config.model.width,
+          'size': config_lib.input_size(config), 'channels': config.model.channels, 'width': config.model.width,
           'num_seeds': config.num_seeds, 'seed_parallelism': train.seed_mode(config),
           'half_precision': config.half_precision,
           'devices': len(trainer.mesh.devices.flat), 'device_kind': jax.devices()[0].device_kind,

@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ''               # Imported datasets and TFDS data ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   c.download = True             # Let TFDS download when the network answers.
   c.tfds_manual_dir = ''        # TFDS manual download dir (imagenet2012's tar files).
-  c.image_size = 32             # Network input size; 28×28 images are zero-padded.
+  c.image_size = 0              # Network input size; 0 = the dataset's own (MNIST 28, CIFAR 32, the release).
   c.augment = False             # Random crop (4-pixel reflect pad) + flip; on for CIFAR.
   c.seed = 0
   c.num_seeds = 1               # Independent models trained together, seeds seed..seed+K-1.
@@ -68,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def input_size(c: ml_collections.ConfigDict) -> int:
+  """The network's input size: ``image_size``, or the classified dataset's own size when 0."""
+  return c.image_size or data.DATASETS[c.dataset].image_shape[0]
+
+
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
@@ -91,8 +96,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.channels in (1, 3), f'config.model.channels={c.model.channels!r} must be 1 or 3')
   _check(c.seed_parallelism in ('auto', 'vmap', 'loop'),
          f"config.seed_parallelism={c.seed_parallelism!r} must be 'auto', 'vmap' or 'loop'")
-  _check(isinstance(c.image_size, int) and c.image_size >= 32 and c.image_size % 32 == 0,
-         f'config.image_size={c.image_size!r} must be a multiple of 32 (the ResNet downsamples by 8, then pools 4×4)')
+  _check(isinstance(c.image_size, int) and (c.image_size == 0 or c.image_size >= 25),
+         f'config.image_size={c.image_size!r} must be 0 (the dataset\'s own size) or ≥ 25 (the ResNet '
+         'downsamples by 8, then pools 4×4)')
   for name in ('batch_size', 'eval_batch_size', 'num_epochs', 'num_seeds', 'log_every_steps'):
     v = c[name]
     _check(isinstance(v, int) and v >= 1, f'config.{name}={v!r} must be a positive integer')

@@ -6,9 +6,12 @@ seed and the step, so the pipeline is never the bottleneck and a run is reproduc
 resumable) from (seed, step) alone.
 
 Image spaces:
-  uint8 native [N, H, W, C_src]  --model_input-->  float32 [0, 1] [B, S, S, C]  (attacks work here)
-                                 --normalize-->    the network's input (MNIST: as is;
-                                                   CIFAR: 5·(x − 0.5), METHOD §5)
+  uint8 native [N, H, W, C_src]
+    --to_unit-->     float32 [0, 1] [B, H, W, C] at the native size, grayscale by luma: the space
+                     the attacks perturb and measure (MNIST family 28×28, as in the release)
+    --fit_size-->    the network's input size (``config.image_size``; 0 = native, no change)
+    --normalize-->   the network's input values (MNIST: as is; CIFAR: 5·(x − 0.5), METHOD §5)
+``model_input`` is ``to_unit`` then ``fit_size``.
 """
 from __future__ import annotations
 
@@ -22,31 +25,61 @@ from pixelreg_jax import similarity
 
 Array = jax.Array
 
+# ITU-R 601-2 luma, as torchvision's Grayscale (PIL ``convert('L')``) computes it on uint8 RGB:
+# L = (19595·R + 38470·G + 7471·B + 2¹⁵) >> 16, i.e. 0.299 R + 0.587 G + 0.114 B rounded.
+LUMA = (0.299, 0.587, 0.114)
+_LUMA_FIXED = (19595, 38470, 7471)
 
-def model_input(images: Array, image_size: Optional[int], channels: int) -> Array:
-  """uint8 (or [0,1] float) [B, H, W, C_src] -> float32 [B, S, S, channels] in [0, 1].
 
-  Grayscale is the channel mean; a grayscale image is repeated for 3-channel models. A
-  smaller image whose margin is even is zero-padded (MNIST 28 → 32, as in the release);
-  any other size change is a bilinear resize. ``image_size=None`` keeps the size.
+def luma(images: Array) -> Array:
+  """[..., 3] RGB -> [..., 1] grayscale by luma (torchvision ``Grayscale``, METHOD §2).
+
+  uint8 input gives uint8 output rounded exactly as PIL does; float input gives the float
+  weighted sum 0.299 R + 0.587 G + 0.114 B.
   """
+  if images.dtype == jnp.uint8:
+    rgb = images.astype(jnp.int32)
+    weighted = sum(w * rgb[..., i] for i, w in enumerate(_LUMA_FIXED)) + (1 << 15)
+    return (weighted >> 16).astype(jnp.uint8)[..., None]
+  return jnp.tensordot(images, jnp.asarray(LUMA, images.dtype), axes=([-1], [0]))[..., None]
+
+
+def to_unit(images: Array, channels: int) -> Array:
+  """uint8 (or [0, 1] float) [B, H, W(, C_src)] -> float32 [B, H, W, channels] in [0, 1].
+
+  For a 1-channel model an RGB image becomes its luma (``luma``); for a 3-channel model a
+  grayscale image is repeated. The size is not changed.
+  """
+  if images.ndim == 3:
+    images = images[..., None]
+  if channels == 1 and images.shape[-1] == 3:
+    images = luma(images)
   x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
     x = x / 255.0
-  if x.ndim == 3:
-    x = x[..., None]
-  if channels == 1 and x.shape[-1] != 1:
-    x = x.mean(axis=-1, keepdims=True)
-  elif channels == 3 and x.shape[-1] == 1:
+  if channels == 3 and x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
-  h, w = x.shape[1:3]
-  if image_size is not None and (h, w) != (image_size, image_size):
-    dh, dw = image_size - h, image_size - w
-    if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
-      x = jnp.pad(x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
-    else:
-      x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[-1]), 'bilinear')
   return x
+
+
+def fit_size(x: Array, image_size: Optional[int]) -> Array:
+  """[B, H, W, C] -> [B, S, S, C], S = ``image_size`` (None or 0: unchanged).
+
+  A smaller image whose margin is even is zero-padded in the centre (e.g. MNIST 28 → 32, an
+  option; the release feeds 28×28); any other size change is a bilinear resize.
+  """
+  h, w = x.shape[1:3]
+  if not image_size or (h, w) == (image_size, image_size):
+    return x
+  dh, dw = image_size - h, image_size - w
+  if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
+    return jnp.pad(x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
+  return jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[-1]), 'bilinear')
+
+
+def model_input(images: Array, image_size: Optional[int], channels: int) -> Array:
+  """uint8 native images -> float32 [0, 1] at the network's size: ``fit_size(to_unit(·))``."""
+  return fit_size(to_unit(images, channels), image_size)
 
 
 def normalize(x: Array, family: str) -> Array:
@@ -98,7 +131,7 @@ class TrainData:
 @flax.struct.dataclass
 class PipelineSpec:
   """Static settings of the pipeline (hashable, not traced)."""
-  image_size: int = flax.struct.field(pytree_node=False, default=32)
+  image_size: int = flax.struct.field(pytree_node=False, default=0)    # 0: native size
   channels: int = flax.struct.field(pytree_node=False, default=1)
   family: str = flax.struct.field(pytree_node=False, default='mnist')
   augment: bool = flax.struct.field(pytree_node=False, default=False)
@@ -108,9 +141,14 @@ class PipelineSpec:
   reg_keep_size: bool = flax.struct.field(pytree_node=False, default=False)
 
 
+def to_network(x: Array, image_size: Optional[int], family: str) -> Array:
+  """[0, 1] images at their native size (the attack space) -> the network's input."""
+  return normalize(fit_size(x, image_size), family)
+
+
 def network_input(images: Array, spec: PipelineSpec, keep_size: bool = False) -> Array:
   """uint8 native images -> the network's input (no augmentation)."""
-  return normalize(model_input(images, None if keep_size else spec.image_size, spec.channels), spec.family)
+  return to_network(to_unit(images, spec.channels), None if keep_size else spec.image_size, spec.family)
 
 
 def epoch_order(key: Array, train_indices: Array, epoch: Array) -> Array:

@@ -85,17 +85,42 @@ def to_arrays(batches) -> tuple[np.ndarray, np.ndarray]:
   return images, np.concatenate(labels)
 
 
-def release_imagenet_crop(image, height: int = 36, width: int = 64):
-  """The release's ImageNet reduction (TF ops, one image): grayscale as the channel mean, centre
-  crop to the height:width aspect (144:256), bilinear resize to height×width; uint8 [h, w, 1]."""
+def release_imagenet_crop(image, height: int = 36, width: int = 64, crop_height: int = 144,
+                          crop_width: int = 256, flip=False):
+  """The release's ImageNet reduction of one RGB image (TF ops): uint8 [height, width, 1].
+
+  The release's torchvision transform (``utils.transformFactory``): ``CenterCrop((144, 256))``
+  (a 144×256 window of the full-resolution image, zero-padded where the image is smaller;
+  offsets rounded as torchvision does), ``RandomHorizontalFlip`` (``flip``, drawn once per image
+  by the caller), ``Resize((36, 64))`` (bilinear with antialiasing; PIL's filter, here TF's —
+  the one approximation), then ``Grayscale`` (integer luma, as PIL ``convert('L')``).
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  x = tf.reduce_mean(tf.cast(image, tf.float32), axis=-1, keepdims=True)
+  x = tf.convert_to_tensor(image)
+  if x.shape.rank == 2:
+    x = x[..., None]
+  if x.shape[-1] == 1:
+    x = tf.repeat(x, 3, axis=-1)
   h, w = tf.shape(x)[0], tf.shape(x)[1]
-  crop_h = tf.minimum(h, tf.cast(tf.round(tf.cast(w, tf.float32) * height / width), tf.int32))
-  crop_w = tf.minimum(w, tf.cast(tf.round(tf.cast(h, tf.float32) * width / height), tf.int32))
-  x = tf.image.crop_to_bounding_box(x, (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w)
-  x = tf.image.resize(x, (height, width), method='bilinear', antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+  # torchvision pads (left/top (d)//2, right/bottom (d+1)//2) when the image is smaller...
+  pad_h, pad_w = tf.maximum(crop_height - h, 0), tf.maximum(crop_width - w, 0)
+  x = tf.pad(x, [[pad_h // 2, (pad_h + 1) // 2], [pad_w // 2, (pad_w + 1) // 2], [0, 0]])
+  h, w = tf.shape(x)[0], tf.shape(x)[1]
+  # ...then crops at int(round((h − 144) / 2)) (round half to even, like Python's round).
+  top = tf.cast(tf.round(tf.cast(h - crop_height, tf.float64) / 2.0), tf.int32)
+  left = tf.cast(tf.round(tf.cast(w - crop_width, tf.float64) / 2.0), tf.int32)
+  x = x[top:top + crop_height, left:left + crop_width]
+  x = tf.cond(tf.convert_to_tensor(flip), lambda: x[:, ::-1], lambda: x)
+  x = tf.image.resize(tf.cast(x, tf.float32), (height, width), method='bilinear', antialias=True)
+  x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.int32)
+  gray = (19595 * x[..., 0] + 38470 * x[..., 1] + 7471 * x[..., 2] + (1 << 15)) // (1 << 16)
+  return tf.cast(gray, tf.uint8)[..., None]
+
+
+def release_flip(index, seed: int = 0):
+  """The release's RandomHorizontalFlip of image ``index``: drawn once per image, seeded (TF bool)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])) < 0.5
 
 
 # Per-example reductions applied in the TF pipeline for datasets whose images vary in size.
@@ -127,13 +152,13 @@ def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False
   with quiet():
     ds = builder.as_dataset(split=split_spec(split, num_examples), shuffle_files=False)
 
-    def select(ex):
+    def select(index, ex):
       out = {k: ex[k] for k in ('image', 'label') if k in ex}
       if reduce is not None:
-        out['image'] = reduce(out['image'], *info.image_shape[:2])
+        out['image'] = reduce(out['image'], *info.image_shape[:2], flip=release_flip(index))
       return out
 
-    ds = ds.map(select).batch(batch_size)
+    ds = ds.enumerate().map(select).batch(batch_size)
     images, labels = to_arrays(tfds.as_numpy(ds))
   if num_examples:
     images, labels = images[:num_examples], labels[:num_examples]

@@ -75,7 +75,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
 def create_train_state(rng: Array, config: ml_collections.ConfigDict, model: models.ResNet,
                        tx: optax.GradientTransformation) -> TrainState:
   """A single model's state, initialised from ``rng``."""
-  shape = (1, config.image_size, config.image_size, config.model.channels)
+  size = config_lib.input_size(config)
+  shape = (1, size, size, config.model.channels)
   variables = model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                            batch_stats=variables['batch_stats'], sim_stats=variables['sim_stats'])
@@ -291,7 +292,7 @@ def load_data(config: ml_collections.ConfigDict) -> dict:
 
 
 def pipeline_spec(config: ml_collections.ConfigDict) -> pipe.PipelineSpec:
-  return pipe.PipelineSpec(image_size=config.image_size, channels=config.model.channels,
+  return pipe.PipelineSpec(image_size=config_lib.input_size(config), channels=config.model.channels,
                            family=data_lib.get_info(config.dataset).family, augment=config.augment,
                            batch_size=config.batch_size, pairs_per_step=config.reg.pairs_per_step,
                            regularize=config.reg.alpha > 0, reg_keep_size=config.reg.keep_size)
@@ -299,7 +300,7 @@ def pipeline_spec(config: ml_collections.ConfigDict) -> pipe.PipelineSpec:
 
 def similarity_targets(reg_images: np.ndarray, config: ml_collections.ConfigDict) -> Array:
   """S^target [N, N] from the regularization images, at the size the network sees them."""
-  size = None if config.reg.keep_size else config.image_size
+  size = None if config.reg.keep_size else config_lib.input_size(config)
   x = pipe.model_input(jnp.asarray(reg_images), size, config.model.channels)
   return similarity.threshold_targets(similarity.pixel_similarity(x), config.reg.threshold)
 

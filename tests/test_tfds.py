@@ -63,5 +63,5 @@ def test_imagenet2012_is_reduced_like_the_release_and_fed_at_its_size(tmp_path, 
   assert trainer.data.targets.shape == (12, 12)
   batch = pipe.train_batch(trainer.data, trainer.train_indices_dev[0], 0, 0,
                            {'augment': trainer.keys.augment[0], 'pairs': trainer.keys.pairs[0]}, trainer.spec)
-  assert batch['image'].shape == (4, 32, 32, 1) and batch['reg_a'].shape == (4, 36, 64, 1)
+  assert batch['image'].shape == (4, 28, 28, 1) and batch['reg_a'].shape == (4, 36, 64, 1)   # native sizes
   assert np.isfinite(trainer.fit(log=lambda s: None)['test_loss'])
