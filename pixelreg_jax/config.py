@@ -29,6 +29,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_seeds = 1               # Independent models trained together, seeds seed..seed+K-1.
   c.seed_parallelism = 'auto'   # How: 'vmap' (batched; GPUs), 'loop' (one after another; CPUs), 'auto'.
+  # A population: several (α, Th) settings, each × num_seeds seeds, trained together in one program,
+  # e.g. '0:0,4:0.8,10:0.8'; each setting also gets its own run directory <workdir>/a<α>_th<Th>/.
+  # '' = the one setting reg.alpha:reg.threshold.
+  c.population = ''
+  c.fused_pass = True           # One network pass over the classification and pair images (models.BatchNorm).
   c.batch_size = 64             # Classification batch (global, over all devices).
   c.eval_batch_size = 500
   c.num_epochs = 20
@@ -53,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr_cycle_epochs = 20
 
   c.reg = ml_collections.ConfigDict()
+  c.reg.name = 'pixel_similarity'  # The target (regularizers.REGULARIZERS): pixel_similarity | label_similarity.
   c.reg.dataset = 'fashion_mnist'  # Source of the regularization images.
   c.reg.split = 'train'
   c.reg.num_images = 5000       # The first N images of the split.
@@ -71,6 +77,28 @@ def base_config() -> ml_collections.ConfigDict:
 def input_size(c: ml_collections.ConfigDict) -> int:
   """The network's input size: ``image_size``, or the classified dataset's own size when 0."""
   return c.image_size or data.DATASETS[c.dataset].image_shape[0]
+
+
+def settings(c: ml_collections.ConfigDict) -> list[tuple[float, float]]:
+  """The (α, Th) settings of a run: ``population`` parsed, or [(reg.alpha, reg.threshold)]."""
+  if not str(c.population).strip():
+    return [(float(c.reg.alpha), float(c.reg.threshold))]
+  out = []
+  for item in str(c.population).split(','):
+    parts = item.strip().split(':')
+    try:
+      if len(parts) != 2:
+        raise ValueError
+      out.append((float(parts[0]), float(parts[1])))
+    except ValueError:
+      raise ConfigError(f'config.population={c.population!r}: {item.strip()!r} is not α:Th; write e.g. '
+                        "'0:0,4:0.8,10:0.8'") from None
+  return out
+
+
+def setting_name(alpha: float, threshold: float) -> str:
+  """The run directory of a population setting: 'a4_th0.8'."""
+  return f'a{alpha:g}_th{threshold:g}'
 
 
 def _check(ok: bool, message: str) -> None:
@@ -118,10 +146,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(o.lr_cycle_epochs, int) and o.lr_cycle_epochs >= 1,
          f'config.optim.lr_cycle_epochs={o.lr_cycle_epochs!r} must be a positive integer')
   r = c.reg
-  _check(_finite(r.alpha) and r.alpha >= 0,
-         f'config.reg.alpha={r.alpha!r} must be a finite number ≥ 0 (0 turns the regularizer off)')
-  _check(_finite(r.threshold) and 0 <= r.threshold < 1,
-         f'config.reg.threshold={r.threshold!r} must be in [0, 1) (0 = un-thresholded S^pixel)')
+  from pixelreg_jax import regularizers  # pylint: disable=import-outside-toplevel  (imports this module)
+  _check(r.name in regularizers.REGULARIZERS,
+         f'config.reg.name={r.name!r} is unknown; choose one of {sorted(regularizers.REGULARIZERS)}')
+  where = 'config.population' if str(c.population).strip() else 'config.reg'
+  pairs = settings(c)
+  for alpha, th in pairs:
+    _check(math.isfinite(alpha) and alpha >= 0,
+           f'{where}: alpha={alpha!r} must be a finite number ≥ 0 (0 turns the regularizer off)')
+    _check(math.isfinite(th) and 0 <= th < 1, f'{where}: threshold={th!r} must be in [0, 1) (0 = un-thresholded)')
+  _check(len(set(pairs)) == len(pairs), f'config.population={c.population!r} lists a setting twice')
   _check(isinstance(r.num_images, int) and 2 <= r.num_images <= 65535,
          f'config.reg.num_images={r.num_images!r} must be an integer in [2, 65535]')
   _check(isinstance(r.pairs_per_step, int) and r.pairs_per_step >= 1,
@@ -135,12 +169,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f'config.checkpoint.keep={c.checkpoint.keep!r} must be a positive integer')
 
 
+def regularized(c: ml_collections.ConfigDict) -> bool:
+  """Whether any setting of the run has α > 0 (then the pair pass is part of the step)."""
+  return any(alpha > 0 for alpha, _ in settings(c))
+
+
 def validate_against_data(c: ml_collections.ConfigDict, num_train: int, num_reg_available: int) -> None:
   """Checks that need the data's sizes (after loading, still before compiling)."""
   _check(c.batch_size <= num_train,
          f'config.batch_size={c.batch_size} exceeds the {num_train} training images; lower it or '
          'raise config.train_subset')
-  if c.reg.alpha > 0:
+  if regularized(c):
     _check(c.reg.num_images <= num_reg_available,
            f'config.reg.num_images={c.reg.num_images} exceeds the {num_reg_available} images of '
            f'{c.reg.dataset} ({c.reg.split}); lower it')

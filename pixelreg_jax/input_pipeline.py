@@ -20,8 +20,7 @@ from typing import Any, Optional
 import flax
 import jax
 import jax.numpy as jnp
-
-from pixelreg_jax import similarity
+import numpy as np
 
 Array = jax.Array
 
@@ -119,13 +118,11 @@ class TrainData:
   Attributes:
     images: uint8 [N, H, W, C] the classification train split (all of it; indices select).
     labels: int32 [N].
-    reg_images: uint8 [N_r, H_r, W_r, C_r] the N_r regularization images.
-    targets: float32 [N_r, N_r] the target similarities S^target.
+    reg: the regularizer's data (``regularizers.RegData``), or None without a regularizer.
   """
   images: Array
   labels: Array
-  reg_images: Array
-  targets: Array
+  reg: Any = None
 
 
 @flax.struct.dataclass
@@ -137,7 +134,6 @@ class PipelineSpec:
   augment: bool = flax.struct.field(pytree_node=False, default=False)
   batch_size: int = flax.struct.field(pytree_node=False, default=64)
   pairs_per_step: int = flax.struct.field(pytree_node=False, default=16)
-  regularize: bool = flax.struct.field(pytree_node=False, default=True)
   reg_keep_size: bool = flax.struct.field(pytree_node=False, default=False)
 
 
@@ -165,31 +161,43 @@ def epoch_order(key: Array, train_indices: Array, epoch: Array) -> Array:
   return train_indices[jax.random.permutation(jax.random.fold_in(key, epoch), train_indices.shape[0])]
 
 
-def train_batch(data: TrainData, order: Array, step_in_epoch: Array, step: Array,
-                keys: dict[str, Array], spec: PipelineSpec) -> dict[str, Any]:
-  """The batch of one training step, gathered and preprocessed on the device.
+def train_batch(data: TrainData, order: Array, step_in_epoch: Array, step: Array, augment_key: Array,
+                spec: PipelineSpec) -> dict[str, Array]:
+  """The classification batch of one training step, gathered and preprocessed on the device.
 
   Args:
     data: device-resident data.
     order: [N_train] this epoch's order (``epoch_order``).
     step_in_epoch: scalar, the step's index within the epoch.
-    step: scalar, the global step (keys augmentation and the pair stream).
-    keys: {'augment': key, 'pairs': key} of this seed.
+    step: scalar, the global step (keys the augmentation).
+    augment_key: this seed's augmentation key.
     spec: static settings.
 
   Returns:
-    {'image': [B,S,S,C], 'label': [B]} and, when regularizing, {'reg_a', 'reg_b': [P,S,S,C],
-    'target': [P]}.
+    {'image': [B,S,S,C] network inputs, 'label': [B]}.
   """
   idx = jax.lax.dynamic_slice_in_dim(order, step_in_epoch * spec.batch_size, spec.batch_size)
   x = model_input(data.images[idx], spec.image_size, spec.channels)
   if spec.augment:
-    x = augment(x, jax.random.fold_in(keys['augment'], step))
-  batch = {'image': normalize(x, spec.family), 'label': data.labels[idx]}
-  if spec.regularize:
-    rows, cols = similarity.pair_indices(keys['pairs'], step, spec.pairs_per_step,
-                                         data.reg_images.shape[0])
-    batch['reg_a'] = network_input(data.reg_images[rows], spec, spec.reg_keep_size)
-    batch['reg_b'] = network_input(data.reg_images[cols], spec, spec.reg_keep_size)
-    batch['target'] = data.targets[rows, cols]
-  return batch
+    x = augment(x, jax.random.fold_in(augment_key, step))
+  return {'image': normalize(x, spec.family), 'label': data.labels[idx]}
+
+
+def pad_to_batches(batch_size: int, *arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+  """Splits host arrays of N rows into whole batches, zero-padding the last one.
+
+  Args:
+    batch_size: B (at most N is used, so a small set is one batch).
+    *arrays: [N, ...] each.
+
+  Returns:
+    ([nb, B, ...] for each array, mask float32 [nb, B]: 1 for real rows, 0 for padding).
+  """
+  n = len(arrays[0])
+  b = max(1, min(batch_size, n))
+  nb = max(1, -(-n // b))
+  pad = nb * b - n
+  out = [np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]).reshape((nb, b) + a.shape[1:])
+         for a in arrays]
+  mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(nb, b)
+  return out, mask

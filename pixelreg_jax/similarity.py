@@ -65,21 +65,24 @@ def pixel_similarity(images: Array) -> Array:
   return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
 
 
-def threshold_targets(s: Array, threshold: Optional[float]) -> Array:
+def threshold_targets(s: Array, threshold) -> Array:
   """S^Th of eq. 3: +1 where s > Th, −1 where s < −Th, 0 otherwise.
 
   Args:
     s: similarities of any shape, in [-1, 1].
-    threshold: Th in (0, 1). ``None`` or ``0`` selects the un-thresholded target
-      S^target = S^pixel (the paper's Fig-1 variant) and returns ``s`` unchanged.
+    threshold: Th in (0, 1), a number or a traced scalar (one per population member).
+      ``None`` or ``0`` selects the un-thresholded target S^target = S^pixel (the paper's
+      Fig-1 variant) and returns ``s`` unchanged.
 
   Returns:
     Same shape as ``s``, float32.
   """
   s = jnp.asarray(s, jnp.float32)
-  if threshold is None or threshold == 0:
+  if threshold is None:
     return s
-  return jnp.where(s > threshold, 1.0, jnp.where(s < -threshold, -1.0, 0.0)).astype(jnp.float32)
+  th = jnp.asarray(threshold, jnp.float32)
+  thresholded = jnp.where(s > th, 1.0, jnp.where(s < -th, -1.0, 0.0)).astype(jnp.float32)
+  return jnp.where(th == 0, s, thresholded)
 
 
 def similarity_loss(model_sim: Array, target_sim: Array, eps: float = 1e-5) -> Array:

@@ -19,7 +19,7 @@ def _batch(host, config, n_pairs=4, seed=0):
   idx = rng.choice(len(host['train_x']), config.batch_size, replace=False)
   rows, cols = rng.choice(24, n_pairs, replace=False), rng.choice(24, n_pairs, replace=False) + 24
   s = similarity.threshold_targets(similarity.pixel_similarity(
-      pipe.model_input(jnp.asarray(host['train_x'][:48]), 32, 1)), config.reg.threshold)
+      pipe.model_input(jnp.asarray(host['train_x'][:48]), None, 1)), config.reg.threshold)
   return {'image': pipe.network_input(jnp.asarray(host['train_x'][idx]), spec),
           'label': jnp.asarray(host['train_y'][idx]),
           'reg_a': pipe.network_input(jnp.asarray(host['train_x'][rows]), spec),
@@ -108,8 +108,8 @@ def test_train_step_compiles_once_and_fit_writes_metrics(tmp_path, host_data):
   config = tiny_config()
   trainer = train.Trainer(config, str(tmp_path), host_data)
   result = trainer.fit(log=lambda s: None)
-  assert trainer.train_step._cache_size() == 1
-  assert trainer.epoch_order._cache_size() == 1
+  assert trainer._step_jit._cache_size() == 1
+  assert trainer._epoch_order_jit._cache_size() == 1
   assert 0 <= result['test_accuracy'] <= 1 and np.isfinite(result['test_loss'])
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert [l['epoch'] for l in lines if 'epoch' in l] == [1, 2]
@@ -158,7 +158,11 @@ def test_split_indices_disjoint_deterministic_and_subset():
     ('reg.pairs_per_step', 400, 'pairs_per_step'),
     ('model.width', 0, 'model.width'),
     ('batch_size', 0, 'batch_size'),
-    ('image_size', 28, 'image_size'),
+    ('image_size', 20, 'image_size'),
+    ('population', '1:0.5,abc', 'population'),
+    ('population', '1:0.5,2:1.5', 'threshold'),
+    ('population', '1:0.5,1:0.5', 'twice'),
+    ('reg.name', 'nope', 'reg.name'),
 ])
 def test_invalid_config_values_give_one_line_errors(field, value, match):
   c = tiny_config(**{field: value})
