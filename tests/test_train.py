@@ -189,3 +189,49 @@ def test_resuming_a_workdir_with_a_different_config_is_refused(tmp_path, host_da
   with pytest.raises(config_lib.ConfigError, match='reg.alpha'):
     train.check_workdir_config(c2, str(tmp_path))
   train.check_workdir_config(tiny_config(**{'num_epochs': 5}), str(tmp_path))   # More epochs: fine.
+
+
+def test_without_validation_images_the_last_epoch_is_selected(host_data):
+  trainer = train.Trainer(tiny_config(val_fraction=0.0), None, host_data)
+  result = trainer.fit(log=lambda s: None)
+  assert result['best_epoch'] == [2] and 'last epoch' in result['selection']
+  # The selected variables are the final ones, not the initial ones.
+  for a, b in zip(jax.tree.leaves(trainer.best_variables), jax.tree.leaves(trainer.final_state.variables())):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_earlier_checkpoints(tmp_path, host_data):
+  c = tiny_config(num_epochs=1, **{'reg.alpha': 0.0})
+  train.Trainer(c, str(tmp_path), host_data).fit(log=lambda s: None)   # 1 good epoch
+  c2 = tiny_config(num_epochs=2, **{'reg.alpha': 0.0})
+  c2.optim.learning_rate = 1e30   # resumed with a learning rate that makes epoch 2 diverge
+  with pytest.raises(train.TrainingError, match='diverged.*epoch 2.*last good checkpoint') as e:
+    train.Trainer(c2, str(tmp_path), host_data).fit(log=lambda s: None)
+  assert '\n' not in str(e.value)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['0']   # nothing of epoch 2 saved
+
+
+def test_nan_validation_loss_never_counts_as_best():
+  best = train.BestSoFar({'w': jnp.zeros((2, 3))}, 2)
+  improved = best.update({'w': jnp.ones((2, 3))}, np.array([np.nan, 1.0]), 0)
+  np.testing.assert_array_equal(improved, [False, True])
+  np.testing.assert_array_equal(np.asarray(best.variables['w']), [[0, 0, 0], [1, 1, 1]])
+  assert best.epoch.tolist() == [-1, 0]
+
+
+def test_metrics_jsonl_is_strict_json_without_duplicates_after_resume(tmp_path, host_data):
+  train.Trainer(tiny_config(num_epochs=1), str(tmp_path), host_data).fit(log=lambda s: None)
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:   # a record of an epoch whose checkpoint a kill lost
+    f.write(json.dumps({'epoch': 2, 'val_loss': 1.0}) + '\n')
+  train.Trainer(tiny_config(num_epochs=2), str(tmp_path), host_data).fit(log=lambda s: None)
+  text = (tmp_path / 'metrics.jsonl').read_text()
+  assert 'NaN' not in text and 'Infinity' not in text
+  records = [json.loads(line) for line in text.splitlines()]
+  assert [r['epoch'] for r in records if not r.get('final')] == [1, 2]
+  assert sum(1 for r in records if r.get('final')) == 1
+  assert records[1]['val_loss'] != 1.0
+
+
+def test_console_line_shows_every_metric():
+  line = train.console_line({'accuracy': 0.5, 'loss': 1.25, 'new_metric': 3.0, 'ce_loss': 1.0})
+  assert line == 'loss 1.2500 ce 1.0000 acc 0.5000 new_metric 3.0000'
