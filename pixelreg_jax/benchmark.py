@@ -58,26 +58,28 @@ def synthetic_host_data(config, num_train: int, seed: int = 0) -> dict:
   info = data_lib.get_info(config.dataset)
   reg_info = data_lib.get_info(config.reg.dataset)
   train_x = rng.integers(0, 256, (num_train,) + info.image_shape, dtype=np.uint8)
+  n_reg = max(config.reg.num_images, 2)
   return {'train_x': train_x, 'train_y': rng.integers(0, info.num_classes, num_train).astype(np.int32),
           'test_x': train_x[:16], 'test_y': np.zeros(16, np.int32),
-          'reg_x': rng.integers(0, 256, (max(config.reg.num_images, 2),) + reg_info.image_shape, dtype=np.uint8)}
+          'reg': {'images': rng.integers(0, 256, (n_reg,) + reg_info.image_shape, dtype=np.uint8),
+                  'labels': rng.integers(0, reg_info.num_classes, n_reg).astype(np.int32)}}
 
 
 def time_steps(trainer: train.Trainer, steps: int, warmup: int, repeats: int) -> list[float]:
-  """Seconds per step, one value per repeat (compilation excluded)."""
-  state = trainer.initial_state()
-  order = trainer.epoch_order(trainer.keys.shuffle, trainer.train_indices_dev, 0)
+  """Seconds per step, one value per repeat (compilation excluded), through the public step API."""
+  state = trainer.init_state()
+  order = trainer.epoch_order(0)
   spe = trainer.steps_per_epoch
   i = 0
   for _ in range(warmup):
-    state, m = trainer.train_step(state, trainer.keys, order, trainer.data, i % spe)
+    state, m = trainer.step(state, order, i % spe)
     i += 1
   jax.block_until_ready(m)
   out = []
   for _ in range(repeats):
     t = time.perf_counter()
     for _ in range(steps):
-      state, m = trainer.train_step(state, trainer.keys, order, trainer.data, i % spe)
+      state, m = trainer.step(state, order, i % spe)
       i += 1
     jax.block_until_ready(m)
     out.append((time.perf_counter() - t) / steps)
@@ -85,18 +87,19 @@ def time_steps(trainer: train.Trainer, steps: int, warmup: int, repeats: int) ->
 
 
 def describe(config, trainer: train.Trainer) -> dict:
-  pairs = config.reg.pairs_per_step if config.reg.alpha > 0 else 0
+  pairs = config.reg.pairs_per_step if trainer.regularizer else 0
   return {'framework': 'jax', 'arch': config.model.name, 'batch': config.batch_size, 'pairs': pairs,
           'size': config_lib.input_size(config), 'channels': config.model.channels, 'width': config.model.width,
-          'num_seeds': config.num_seeds, 'seed_parallelism': train.seed_mode(config),
+          'num_seeds': config.num_seeds, 'members': trainer.M, 'seed_parallelism': train.seed_mode(config),
+          'fused_pass': bool(config.fused_pass),
           'half_precision': config.half_precision,
           'devices': len(trainer.mesh.devices.flat), 'device_kind': jax.devices()[0].device_kind,
           'jax': jax.__version__}
 
 
-def images_per_step(config) -> int:
-  pairs = config.reg.pairs_per_step if config.reg.alpha > 0 else 0
-  return config.num_seeds * (config.batch_size + 2 * pairs)
+def images_per_step(trainer: train.Trainer) -> int:
+  pairs = trainer.config.reg.pairs_per_step if trainer.regularizer else 0
+  return trainer.M * (trainer.config.batch_size + 2 * pairs)
 
 
 # Dense peak TFLOP/s by device kind and compute dtype (vendor figures, no sparsity).
@@ -108,16 +111,12 @@ PEAK_TFLOPS = {
 
 
 def step_flops(trainer: train.Trainer) -> float:
-  """XLA's FLOP count of one train step over all devices and seeds, or 0 when it gives none.
+  """XLA's FLOP count of one train step over all devices and members, or 0 when it gives none.
 
   XLA reports the per-device program of a sharded computation, hence × devices.
   """
-  state = jax.eval_shape(trainer.initial_state)
-  order = jax.ShapeDtypeStruct((trainer.K, trainer.train_indices.shape[1]), np.int32)
   try:
-    cost = trainer.train_step.lower(state, trainer.keys, order, trainer.data, 0).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get('flops', 0.0)) * len(trainer.mesh.devices.flat)
+    return float(trainer.step_cost().get('flops', 0.0)) * len(trainer.mesh.devices.flat)
   except Exception:  # pylint: disable=broad-except
     return 0.0
 
@@ -129,7 +128,7 @@ def bench_step(config, steps: int, warmup: int, repeats: int, num_train: int = 0
   trainer = train.Trainer(config, None, synthetic_host_data(config, num_train), mesh=mesh)
   per_step = float(np.median(time_steps(trainer, steps, warmup, repeats)))
   out = {**describe(config, trainer), 'mode': 'step', 'ms_per_step': round(1000 * per_step, 3),
-         'images_per_sec': round(images_per_step(config) / per_step, 1)}
+         'images_per_sec': round(images_per_step(trainer) / per_step, 1)}
   flops = step_flops(trainer)
   if flops:
     out['gflops_per_step'] = round(flops / 1e9, 2)
@@ -169,7 +168,6 @@ def bench_input(config, steps: int, warmup: int, repeats: int) -> dict:
   """Real data vs synthetic data of identical shapes, measured alternately."""
   real = train.Trainer(config, None, train.load_data(config))
   fake_host = synthetic_host_data(config, len(real.host['train_x']))
-  fake_host['reg_x'] = fake_host['reg_x'][:len(real.host['reg_x'])]
   synthetic = train.Trainer(config, None, fake_host)
   t_real, t_fake = [], []
   for _ in range(repeats):

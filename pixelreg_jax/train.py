@@ -198,7 +198,9 @@ def seeded(fn: Callable, num_members: int, in_axes, mode: str = 'vmap') -> Calla
   ``mode='vmap'`` batches the members (convolutions become grouped convolutions: fills a GPU);
   ``mode='loop'`` runs them one after another inside the same program (unrolled: compile time
   grows with M; on CPUs this is ~2.7× faster than vmap, whose grouped convolutions XLA:CPU runs
-  slowly, while a ``lax.map`` loop was slower still). For one member the axis is squeezed.
+  slowly, while a ``lax.map`` loop was slower still for training); ``mode='map'`` is that
+  ``lax.map`` loop (one copy of the program: evaluation uses it on CPUs, where long attack
+  programs would compile M times). For one member the axis is squeezed.
   """
   if num_members == 1:
     def single(*args):
@@ -207,6 +209,13 @@ def seeded(fn: Callable, num_members: int, in_axes, mode: str = 'vmap') -> Calla
     return single
   if mode == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)
+  if mode == 'map':
+    def mapped(*args):
+      def body(stacked):
+        it = iter(stacked)
+        return fn(*[next(it) if ax is not None else a for a, ax in zip(args, in_axes)])
+      return jax.lax.map(body, [a for a, ax in zip(args, in_axes) if ax is not None])
+    return mapped
 
   def looped(*args):
     outs = [fn(*[a if ax is None else jax.tree.map(lambda x, k=k: x[k], a) for a, ax in zip(args, in_axes)])
@@ -254,7 +263,10 @@ def members(config: ml_collections.ConfigDict) -> Member:
 
 
 def seed_keys(seeds) -> SeedKeys:
-  """Keys of the given seeds: a model with seed s is the same whatever population it trains in."""
+  """Keys of the given seeds (or of a config's members): a model with seed s is the same
+  whatever population it trains in."""
+  if isinstance(seeds, ml_collections.ConfigDict):
+    seeds = members(seeds).seed
   def one(s):
     k = jax.random.PRNGKey(int(s))
     return SeedKeys(*(jax.random.fold_in(k, i) for i in range(5)))
@@ -543,10 +555,10 @@ class Trainer:
       return train_step(state, batch, alpha=alpha, eps=eps, fused=fused)
 
     mode = seed_mode(c)
-    hparams = Member(jnp.asarray(self.members.alpha), jnp.asarray(self.members.threshold),
-                     jnp.asarray(self.members.seed, jnp.int32))
+    self._hparams = Member(jnp.asarray(self.members.alpha), jnp.asarray(self.members.threshold),
+                           jnp.asarray(self.members.seed, jnp.int32))
     step = jax.jit(seeded(one_step, self.M, (0, 0, 0, 0, None, None), mode), donate_argnums=(0,))
-    self._step = lambda state, order, i: step(state, self.keys, hparams, order, self.data, i)
+    self._step = lambda state, order, i: step(state, self.keys, self._hparams, order, self.data, i)
     self._step_jit = step
     epoch_order = jax.jit(jax.vmap(pipe.epoch_order, in_axes=(0, 0, None)))
     self._epoch_order = lambda epoch: epoch_order(self.keys.shuffle, self.train_indices_dev, epoch)
@@ -575,6 +587,14 @@ class Trainer:
   def step(self, state: TrainState, order: Array, step_in_epoch: int) -> tuple[TrainState, dict]:
     """One training step of every member (``state`` is donated): (new state, metrics [M])."""
     return self._step(state, order, step_in_epoch)
+
+  def step_cost(self) -> dict:
+    """XLA's cost analysis of the compiled train step (per device; 'flops' among its keys)."""
+    state = jax.eval_shape(self.init_state)
+    order = jax.ShapeDtypeStruct((self.M, self.train_indices.shape[1]), np.int32)
+    hparams = jax.eval_shape(lambda: self._hparams)
+    cost = self._step_jit.lower(state, self.keys, hparams, order, self.data, 0).compile().cost_analysis()
+    return dict(cost[0] if isinstance(cost, (list, tuple)) else cost)
 
   def evaluate(self, variables: dict, split: str) -> Optional[dict]:
     """{'loss': [M], 'accuracy': [M]} on 'val' (each member's own validation images; None when
@@ -786,7 +806,8 @@ def export_settings(trainer: Trainer, workdir: str, write_files: bool = True) ->
             'exported_from': os.path.abspath(workdir)}
     if write_files:
       os.makedirs(wd, exist_ok=True)
-      _write_json(os.path.join(wd, 'config.json'), json.loads(setting_config(c, alpha, threshold).to_json_best_effort()))
+      setting = setting_config(c, alpha, threshold)
+      _write_json(os.path.join(wd, 'config.json'), json.loads(setting.to_json_best_effort()))
     manager = ckpt_lib.CheckpointManager(wd, keep=1)
     manager.save(c.num_epochs - 1, take(trainer.final_state), take(trainer.best_variables), meta)
     manager.wait()
