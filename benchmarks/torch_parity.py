@@ -30,9 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pixelreg_jax import models, train  # noqa: E402
-from pixelreg_jax.config import base_config  # noqa: E402
+from pixelreg_jax import models, train
+from pixelreg_jax.config import base_config
 
 
 def load_reference(path):
@@ -158,7 +157,8 @@ def main():
       'bn_running_mean_rel_max': max(v for k, v in bn.items() if k.endswith("['mean']")),
   }
   # Reported, not checked: PyTorch's unbiased running variance vs Flax's biased one.
-  info = {'bn_running_var_rel_max (unbiased vs biased, not checked)': max(v for k, v in bn.items() if k.endswith("['var']"))}
+  var_rel = max(v for k, v in bn.items() if k.endswith("['var']"))
+  info = {'bn_running_var_rel_max (unbiased vs biased, not checked)': var_rel}
   ok = all(v <= tolerance for k, v in out.items() if k != 'width')
   print(json.dumps({**out, **info, 'dtype': a.dtype, 'tolerance': tolerance, 'ok': ok}))
   sys.exit(0 if ok else 1)

@@ -6,21 +6,8 @@
 source "$(dirname "$0")/common.sh"
 OUT="${DEMO_DIR:-runs/demo}"
 
-# Real data, offline: Debian's dataset-fashion-mnist ships the original IDX files.
-FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-if [ ! -f "$FMNIST" ] && [ ! -f "${TFDS_DATA_DIR:-$HOME/tensorflow_datasets}/imported/fashion_mnist/train.npz" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "[data] installing Debian's dataset-fashion-mnist (the original IDX files, offline)"
-    apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
-      || true
-  fi
-  if [ ! -f "$FMNIST" ]; then
-    echo "error: Fashion-MNIST not found. Install it with 'sudo apt-get install dataset-fashion-mnist', or import" \
-         "the official IDX files: python -m pixelreg_jax.import_data --dataset=fashion_mnist --source=DIR" >&2
-    exit 1
-  fi
-fi
+# Real data, offline: Debian's dataset-fashion-mnist (the original IDX files) or an imported copy.
+ensure_fashion_mnist --or-imported || exit 1
 
 echo "== 1/4 train the regularized model: python -m pixelreg_jax.main --config=configs/fashion_mnist.py"
 python -m pixelreg_jax.main --config=configs/fashion_mnist.py --workdir="$OUT/regularized" "$@"

@@ -5,6 +5,11 @@ model state are replicated, each step's global batch is sharded along its batch 
 inserts the cross-device reductions. BatchNorm statistics and the similarity running means are
 therefore computed over the global batch, exactly as on one device. (This is what ``pmap``
 does by hand; since JAX 0.4 ``pmap`` itself lowers to ``jit`` + ``shard_map``.)
+
+The mesh is ``jax.make_mesh`` (device order chosen for the hardware's topology); several hosts
+are joined by ``jax.distributed.initialize``, which finds the coordinator, process count and
+rank itself (SLURM, Open MPI, Cloud TPU, …). CPU processes exchange data through gloo, JAX's
+default CPU collectives; GPUs use NCCL.
 """
 from __future__ import annotations
 
@@ -12,25 +17,35 @@ import os
 from typing import Optional, Sequence
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from pixelreg_jax.config import ConfigError
 
+AXIS = 'data'
+# Launchers whose environment variable gives the number of processes (JAX's cluster detection
+# reads the rest); more than one means this is a multi-process job.
+_LAUNCHER_PROCESS_COUNTS = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
+
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A 1-D mesh named 'data' over ``devices`` (default: every device of every host)."""
+  """A 1-D mesh named 'data' over ``devices`` (default: every device of every host).
+
+  Shape (len(devices),). Its axis is ``Auto``: shardings are given to ``jit`` explicitly, and
+  XLA propagates them through the step.
+  """
   devices = list(devices) if devices is not None else jax.devices()
-  return Mesh(np.array(devices), ('data',))
+  return jax.make_mesh((len(devices),), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of parameters and optimizer state: a full copy on every device of ``mesh``."""
   return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of every array of a (per-seed) training batch: split on its leading axis."""
-  return NamedSharding(mesh, P('data'))
+  return NamedSharding(mesh, P(AXIS))
 
 
 def check_batch(batch_size: int, mesh: Mesh, pairs_per_step: int = 0) -> None:
@@ -44,23 +59,33 @@ def check_batch(batch_size: int, mesh: Mesh, pairs_per_step: int = 0) -> None:
                       f'use a multiple of {n}')
 
 
-def maybe_initialize_distributed() -> bool:
-  """Calls ``jax.distributed.initialize()`` when the launcher says this is a multi-host job.
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f'{name}={value!r} is not an integer') from None
 
-  Recognised: an explicit coordinator (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES``
-  and ``JAX_PROCESS_ID``), or SLURM with more than one task (``SLURM_NTASKS`` > 1), where JAX
-  reads the rest from SLURM's environment. Returns whether it initialised. CPU processes
-  exchange data through gloo (GPUs use NCCL).
+
+def maybe_initialize_distributed() -> bool:
+  """Calls ``jax.distributed.initialize()`` when this process is one of several; returns whether.
+
+  A multi-process job is one with ``JAX_COORDINATOR_ADDRESS`` set, or one started by SLURM or
+  Open MPI with more than one task. JAX then reads the coordinator address
+  (``JAX_COORDINATOR_ADDRESS``, or the launcher's) and, from the launcher's environment, the
+  process count and rank; without a launcher they come from ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``, which JAX itself does not read. Under SLURM and Open MPI, JAX gives each
+  process one GPU (its local rank): launch one task per GPU.
   """
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize(
-        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
-        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['JAX_PROCESS_ID']))
-    return True
-  if int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    jax.distributed.initialize()
-    return True
-  return False
+  explicit = bool(os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  launched = any((_env_int(v) or 1) > 1 for v in _LAUNCHER_PROCESS_COUNTS)
+  if not (explicit or launched):
+    return False
+  num_processes, process_id = _env_int('JAX_NUM_PROCESSES'), _env_int('JAX_PROCESS_ID')
+  if not launched and (num_processes is None or process_id is None):
+    raise ConfigError('JAX_COORDINATOR_ADDRESS is set: set JAX_NUM_PROCESSES and JAX_PROCESS_ID too '
+                      '(or start the processes with SLURM or Open MPI)')
+  jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
+  return True

@@ -13,7 +13,7 @@ Everything here is a pure function of arrays (METHOD.md sections 1-3):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

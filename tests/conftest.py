@@ -1,15 +1,18 @@
-"""Shared fixtures: tiny configs and generated data (no downloads, no real datasets needed)."""
+"""Shared fixtures: tiny configs and generated data (no downloads, no real datasets needed).
+
+pixelreg_jax is imported as installed (``pip install -e .``; launch/test.sh does it), not from
+sys.path tricks: the tests and the subprocesses they start see the same package.
+"""
+from __future__ import annotations
+
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from pixelreg_jax import config as config_lib
 
-from pixelreg_jax import config as config_lib  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
@@ -80,7 +83,7 @@ def cli_overrides(data_dir, **extra):
 
 
 def run_env():
+  """The environment for a CLI subprocess: this one, with TensorFlow's C++ logging quiet."""
   env = dict(os.environ)
-  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   return env

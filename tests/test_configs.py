@@ -1,15 +1,20 @@
 """Every config file loads and validates, and the paper experiments carry the paper's settings."""
+from __future__ import annotations
+
 import glob
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_env
 from pixelreg_jax import config as config_lib
-from pixelreg_jax import experiments
+from pixelreg_jax import configs, experiments
 
-CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(configs.CONFIG_DIR, '*.py'))
+                      if not os.path.basename(p).startswith('_'))
 
 
 def load(path):
@@ -36,7 +41,7 @@ def test_config_loads_and_validates(path):
 ])
 def test_paper_settings(name, dataset, reg, model, alpha, th, epochs):
   """METHOD.md §5-6, typed in again here."""
-  c = load(os.path.join(ROOT, 'configs', f'{name}.py'))
+  c = load(configs.config_path(name))
   assert (c.dataset, c.reg.dataset, c.model.name, c.reg.alpha, c.reg.threshold, c.num_epochs) == \
       (dataset, reg, model, alpha, th, epochs)
   assert (c.batch_size, c.reg.pairs_per_step, c.reg.num_images, c.model.width) == (64, 16, 5000, 64)
@@ -46,6 +51,25 @@ def test_paper_settings(name, dataset, reg, model, alpha, th, epochs):
 
 
 def test_design_card_entry_is_cifar10_by_imagenet():
-  a = load(os.path.join(ROOT, 'configs', 'cifar10.py'))
+  a = load(configs.config_path('cifar10'))
   b = experiments.experiment('cifar10_by_imagenet')
   assert a.to_dict() == b.to_dict()
+
+
+def test_configs_install_with_the_package_and_the_root_folder_links_to_them():
+  names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
+  assert {'fashion_mnist', 'cifar10', 'mnist_by_mnist', 'cifar100_by_imagenet'} <= names
+  assert configs.CONFIG_DIR == os.path.join(os.path.dirname(os.path.abspath(config_lib.__file__)), 'configs')
+  assert os.path.realpath(os.path.join(ROOT, 'configs')) == os.path.realpath(configs.CONFIG_DIR)
+
+
+def test_config_flags_loads_a_config_through_the_root_link_and_from_any_directory(tmp_path):
+  """--config=configs/<name>.py from the repository root, the package's file from elsewhere."""
+  script = ('import sys; from absl import flags; from ml_collections import config_flags; '
+            "c = config_flags.DEFINE_config_file('config'); flags.FLAGS(sys.argv); "
+            'print(c.value.dataset, c.value.reg.alpha, c.value.model.width)')
+  for cwd, path in ((ROOT, 'configs/fashion_mnist.py'), (tmp_path, configs.config_path('fashion_mnist'))):
+    out = subprocess.run([sys.executable, '-c', script, f'--config={path}', '--config.reg.alpha=3'], cwd=cwd,
+                         env=run_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['fashion_mnist', '3.0', '8'], (cwd, out.stdout)

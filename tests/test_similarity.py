@@ -8,7 +8,6 @@ import pytest
 
 from pixelreg_jax import similarity as S
 
-
 # ---------------------------------------------------------------- NumPy references (METHOD.md)
 
 def np_pixel_similarity(images):

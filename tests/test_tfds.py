@@ -4,9 +4,9 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
+from conftest import tiny_config  # noqa: E402
 from pixelreg_jax import data, tfds_source, train  # noqa: E402
 from pixelreg_jax import input_pipeline as pipe  # noqa: E402
-from conftest import tiny_config  # noqa: E402
 
 CASES = [('mnist', (28, 28, 1), 10), ('fashion_mnist', (28, 28, 1), 10), ('cifar10', (32, 32, 3), 10),
          ('cifar100', (32, 32, 3), 100), ('imagenet32', (32, 32, 3), 1000)]

@@ -2,19 +2,15 @@
 
 Used by tests/test_parallel.py in a subprocess, because the CPU device count
 (XLA_FLAGS=--xla_force_host_platform_device_count=8) is fixed when JAX starts.
-    python tests/helpers/parallel_run.py DEVICES STEPS OUT.npz [key=value config overrides]
+    cd tests && python -m helpers.parallel_run DEVICES STEPS OUT.npz [key=value config overrides]
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from conftest import synthetic_host_data, tiny_config  # noqa: E402
-from pixelreg_jax import parallel, train  # noqa: E402
+from conftest import synthetic_host_data, tiny_config
+from pixelreg_jax import parallel, train
 
 
 def parse(v):
@@ -32,11 +28,11 @@ def main():
   c = tiny_config(**{k: parse(v) for k, v in overrides.items()})
   host = synthetic_host_data(n_train=96, n_test=32)
   t = train.Trainer(c, None, host, mesh=parallel.make_mesh(jax.devices()[:devices]))
-  st = t.initial_state()
-  order = t.epoch_order(t.keys.shuffle, t.train_indices_dev, 0)
+  st = t.init_state()
+  order = t.epoch_order(0)
   losses = []
   for i in range(steps):
-    st, m = t.train_step(st, t.keys, order, t.data, i)
+    st, m = t.step(st, order, i)
     losses.append(np.asarray(m['loss']))
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get({'params': st.params, 'batch_stats': st.batch_stats,
                                                               'sim_stats': st.sim_stats}))[0]
