@@ -15,22 +15,26 @@ Modes:
   devices  ``step`` on the first N devices for each N in --devices_list (same global batch).
   input    the same step fed from the config's real dataset and from synthetic data of the same
            shapes, interleaved, to show the input pipeline costs nothing (ratio ≈ 1).
+  suite    the GPU benchmark suite (``bench_suite``): train step for 1 and 7 seeds × float32 /
+           bfloat16 × fused / three passes with the 7-seed × 40-epoch projection, and evaluation
+           speed; ``suite.jsonl`` and ``suite.md`` in --out. ``--tiny`` shrinks it for a CPU.
 Timing excludes compilation (``--warmup`` steps) and blocks on the result of the last step.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pixelreg_jax import data as data_lib
-from pixelreg_jax import cli, parallel, train
+from pixelreg_jax import bench_suite, cli, parallel, train
 from pixelreg_jax import config as config_lib
+from pixelreg_jax import data as data_lib
 
 FLAGS = flags.FLAGS
 _CONFIG = None
@@ -39,8 +43,12 @@ _CONFIG = None
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
   global _CONFIG
-  _CONFIG = config_flags.DEFINE_config_file('config', 'configs/cifar10.py', 'Experiment config.', lock_config=False)
-  flags.DEFINE_enum('mode', 'step', ['step', 'seeds', 'devices', 'input'], 'What to measure.')
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'cifar10.py'),
+      'Experiment config (default: the paper\'s CIFAR10 shapes).', lock_config=False)
+  flags.DEFINE_enum('mode', 'step', ['step', 'seeds', 'devices', 'input', 'suite'], 'What to measure.')
+  flags.DEFINE_string('out', 'runs/benchmark', 'Output directory of --mode=suite.')
+  flags.DEFINE_bool('tiny', False, '--mode=suite at toy sizes (width 4, 2 seeds, few images): a CPU smoke test.')
   flags.DEFINE_list('seeds_list', ['1', '2', '4', '7'], 'num_seeds values for --mode=seeds.')
   flags.DEFINE_list('devices_list', None, 'Device counts for --mode=devices (default 1, 2, 4, … up to all).')
   flags.DEFINE_integer('project_epochs', 40, 'Epochs of the projected run (--mode=seeds).')
@@ -179,6 +187,22 @@ def bench_input(config, steps: int, warmup: int, repeats: int) -> dict:
           'real_over_synthetic': round(r / f, 4)}
 
 
+def tiny_suite_config(config):
+  """The suite's config at toy sizes (a CPU smoke test of the whole suite)."""
+  c = copy.deepcopy(config)
+  c.model.width, c.batch_size, c.reg.num_images, c.reg.pairs_per_step = 4, 16, 64, 4
+  return c
+
+
+def run_suite(config, out: str, tiny: bool = False, peak_tflops: float = 0.0) -> list[dict]:
+  """``bench_suite.run`` at the paper's sizes, or at toy sizes with ``tiny``."""
+  if not tiny:
+    return bench_suite.run(config, out, bench_step, peak_tflops=peak_tflops, log=logging.info)
+  return bench_suite.run(tiny_suite_config(config), out, bench_step, seeds_list=(2,), steps=2, warmup=1, repeats=1,
+                         eval_seeds=2, eval_images=64, boundary_images=8, boundary_steps=3, eval_train_steps=3,
+                         eval_batch_size=32, peak_tflops=peak_tflops, log=logging.info)
+
+
 def main(argv):
   del argv
   cli.quiet_logging()
@@ -195,6 +219,8 @@ def main(argv):
       counts = [int(d) for d in FLAGS.devices_list] if FLAGS.devices_list else \
           [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= n]
       results = bench_devices(config, counts, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.peak_tflops)
+    elif FLAGS.mode == 'suite':
+      results = run_suite(config, FLAGS.out, FLAGS.tiny, FLAGS.peak_tflops)
     else:
       results = [bench_input(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats)]
   for r in results:

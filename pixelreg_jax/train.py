@@ -12,7 +12,6 @@ groups; ``config.fused_pass``) or the release's three passes; L = CE + α·L_sim
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -589,11 +588,12 @@ class Trainer:
     return self._step(state, order, step_in_epoch)
 
   def step_cost(self) -> dict:
-    """XLA's cost analysis of the compiled train step (per device; 'flops' among its keys)."""
+    """XLA's cost analysis of the train step, from its lowered HLO (no compilation; per device;
+    'flops' among its keys)."""
     state = jax.eval_shape(self.init_state)
     order = jax.ShapeDtypeStruct((self.M, self.train_indices.shape[1]), np.int32)
     hparams = jax.eval_shape(lambda: self._hparams)
-    cost = self._step_jit.lower(state, self.keys, hparams, order, self.data, 0).compile().cost_analysis()
+    cost = self._step_jit.lower(state, self.keys, hparams, order, self.data, 0).cost_analysis()
     return dict(cost[0] if isinstance(cost, (list, tuple)) else cost)
 
   def evaluate(self, variables: dict, split: str) -> Optional[dict]:
@@ -836,10 +836,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from pixelreg_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   config_lib.validate(config)
-  workdir_lib.check_workdir(workdir)
   main_process = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.lock(workdir) if main_process else contextlib.nullcontext():
+  workdir_lib.ensure_directory(workdir)
+  with workdir_lib.lock(workdir, enabled=main_process):
     if _has_checkpoints(workdir):
       check_workdir_config(config, workdir)
     if main_process:
