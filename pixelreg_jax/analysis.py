@@ -9,6 +9,7 @@ softmax(w)-weighted combination S^model. Reports the Pearson and Spearman correl
 N(N−1)/2 pairs i < j, and the share of pairs whose sign agrees with the thresholded target,
 as JSON (``analysis.json``) and a hexbin figure (``analysis.png``) per tap.
 BatchNorm runs in inference mode by default (``--bn=train`` uses the N images' statistics).
+The matrices take memory quadratic in N (``memory_bytes``); N is capped at ``MAX_IMAGES``.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags, logging
 from scipy import stats
 
-from pixelreg_jax import data as data_lib
 from pixelreg_jax import cli, runs, similarity
+from pixelreg_jax import config as config_lib
+from pixelreg_jax import data as data_lib
 
 FLAGS = flags.FLAGS
 
@@ -30,12 +32,30 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
   flags.DEFINE_string('workdir', None, 'Trained run directory.', required=True)
-  flags.DEFINE_integer('num_images', 500, 'Regularization images (pairs = N(N−1)/2).')
+  flags.DEFINE_integer('num_images', 500, f'Regularization images (pairs = N(N−1)/2), 2 to {MAX_IMAGES}.')
   flags.DEFINE_enum('bn', 'eval', ['eval', 'train'], 'BatchNorm mode of the forward pass.')
   flags.DEFINE_string('out', None, 'Output directory (default: the workdir).')
 
 
 TAP_NAMES = ['stem', 'stage 1', 'stage 2', 'stage 3', 'stage 4']
+MAX_IMAGES = 10000
+
+
+def memory_bytes(n: int) -> int:
+  """Rough peak memory of an analysis of ``n`` images: on the device S^pixel, its target, five
+  tap Gram matrices and S^model (float32 N×N each), on the host their upper triangles in
+  float64 (N(N−1)/2 each): 64·N² bytes."""
+  return 8 * 4 * n * n + 8 * 8 * n * (n - 1) // 2
+
+
+def check_num_images(n: int) -> None:
+  """Raises ConfigError unless 2 ≤ n ≤ MAX_IMAGES, saying how much memory n would need."""
+  if n < 2:
+    raise config_lib.ConfigError(f'--num_images={n}: at least 2 images are needed for a pair')
+  if n > MAX_IMAGES:
+    raise config_lib.ConfigError(
+        f'--num_images={n} would need about {memory_bytes(n) / 2**30:.0f} GiB for its N×N similarity matrices; '
+        f'use at most {MAX_IMAGES} (about {memory_bytes(MAX_IMAGES) / 2**30:.0f} GiB)')
 
 
 def model_similarity_matrices(run: runs.Run, variables: dict, images01: jax.Array, train: bool = False,
@@ -78,20 +98,24 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict:
   return {'pearson': float(stats.pearsonr(x, y)[0]), 'spearman': float(stats.spearmanr(x, y)[0])}
 
 
-def analyze(workdir: str, num_images: int = 500, bn: str = 'eval', log=print) -> dict:
-  """The Fig. 1 statistics of every seed of a run (see the module docstring)."""
+def analyze(workdir: str, num_images: int = 500, bn: str = 'eval', log=None) -> dict:
+  """The Fig. 1 statistics of every seed of a run (see the module docstring). Warnings (e.g.
+  a corrupt newest checkpoint skipped) go to ``log`` if given, else to absl logging."""
+  check_num_images(num_images)
   run = runs.load_run(workdir, log=log)
   c = run.config
   images, _ = data_lib.load_split(c.reg.dataset, c.reg.split, c.data_dir, download=c.download,
                                   num_examples=num_images, manual_dir=c.get('tfds_manual_dir', ''))
-  size = None if c.reg.get('keep_size', False) else c.image_size
+  # As training computes the targets (train.similarity_targets): at the network's input size.
+  size = None if c.reg.get('keep_size', False) else config_lib.input_size(c)
   from pixelreg_jax import input_pipeline as pipe  # pylint: disable=import-outside-toplevel
   x = pipe.model_input(jnp.asarray(images), size, c.model.channels)
   s_pixel = upper(np.asarray(similarity.pixel_similarity(x)))
   th = c.reg.threshold
   target = upper(np.asarray(similarity.threshold_targets(similarity.pixel_similarity(x), th)))
   record = {'workdir': os.path.abspath(workdir), 'reg_dataset': c.reg.dataset, 'num_images': int(len(images)),
-            'num_pairs': int(len(s_pixel)), 'alpha': c.reg.alpha, 'threshold': th, 'bn': bn, 'seeds': []}
+            'num_pairs': int(len(s_pixel)), 'alpha': c.reg.alpha, 'threshold': th, 'bn': bn,
+            **run.checkpoint_record, 'seeds': []}
   samples = None
   for k, seed in enumerate(run.seeds):
     v = run.seed_variables(k)
@@ -147,9 +171,9 @@ def write(record: dict, out: str) -> str:
 
 def main(argv):
   del argv
-  cli.quiet_logging()
-  with cli.one_line_errors():
-    record = analyze(FLAGS.workdir, FLAGS.num_images, FLAGS.bn)
+  record = analyze(FLAGS.workdir, FLAGS.num_images, FLAGS.bn)
+  logging.info('combined S^model vs S^pixel: Pearson %.3f, Spearman %.3f (mean over %d seed(s))',
+               record['combined_mean']['pearson'], record['combined_mean']['spearman'], len(record['seeds']))
   out = write(record, FLAGS.out or FLAGS.workdir)
   print(json.dumps({'workdir': record['workdir'], 'num_pairs': record['num_pairs'],
                     'combined': record['combined_mean'],
@@ -161,4 +185,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -29,7 +29,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from pixelreg_jax import bench_suite, cli, parallel, train
@@ -205,28 +205,26 @@ def run_suite(config, out: str, tiny: bool = False, peak_tflops: float = 0.0) ->
 
 def main(argv):
   del argv
-  cli.quiet_logging()
-  config = _CONFIG.value
-  with cli.one_line_errors():
-    if FLAGS.mode == 'step':
-      results = [bench_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.num_train,
-                            peak_tflops=FLAGS.peak_tflops)]
-    elif FLAGS.mode == 'seeds':
-      results = bench_seeds(config, [int(k) for k in FLAGS.seeds_list], FLAGS.steps, FLAGS.warmup, FLAGS.repeats,
-                            FLAGS.project_epochs, FLAGS.project_images, FLAGS.peak_tflops)
-    elif FLAGS.mode == 'devices':
-      n = len(jax.devices())
-      counts = [int(d) for d in FLAGS.devices_list] if FLAGS.devices_list else \
-          [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= n]
-      results = bench_devices(config, counts, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.peak_tflops)
-    elif FLAGS.mode == 'suite':
-      results = run_suite(config, FLAGS.out, FLAGS.tiny, FLAGS.peak_tflops)
-    else:
-      results = [bench_input(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats)]
+  config = cli.config_value(_CONFIG)
+  if FLAGS.mode == 'step':
+    results = [bench_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.num_train,
+                          peak_tflops=FLAGS.peak_tflops)]
+  elif FLAGS.mode == 'seeds':
+    results = bench_seeds(config, [int(k) for k in FLAGS.seeds_list], FLAGS.steps, FLAGS.warmup, FLAGS.repeats,
+                          FLAGS.project_epochs, FLAGS.project_images, FLAGS.peak_tflops)
+  elif FLAGS.mode == 'devices':
+    n = len(jax.devices())
+    counts = [int(d) for d in FLAGS.devices_list] if FLAGS.devices_list else \
+        [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= n]
+    results = bench_devices(config, counts, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.peak_tflops)
+  elif FLAGS.mode == 'suite':
+    results = run_suite(config, FLAGS.out, FLAGS.tiny, FLAGS.peak_tflops)
+  else:
+    results = [bench_input(config, FLAGS.steps, FLAGS.warmup, FLAGS.repeats)]
   for r in results:
     print(json.dumps(r), flush=True)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -11,9 +11,10 @@ import math
 import ml_collections
 
 from pixelreg_jax import data, models, similarity
+from pixelreg_jax.cli import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """An invalid configuration value."""
 
 
@@ -117,6 +118,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
          f'{sorted(k for k, v in data.DATASETS.items() if v.classification)}')
   _check(c.reg.dataset in data.DATASETS,
          f'config.reg.dataset={c.reg.dataset!r} is unknown; choose one of {sorted(data.DATASETS)}')
+  data.check_split_name(c.reg.dataset, c.reg.split)
   _check(c.model.name in models.STAGE_SIZES,
          f'config.model.name={c.model.name!r} is unknown; choose one of {sorted(models.STAGE_SIZES)}')
   _check(isinstance(c.model.width, int) and c.model.width >= 1,

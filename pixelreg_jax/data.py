@@ -11,7 +11,9 @@ Where a dataset is looked for, in order:
      Fashion-MNIST in /usr/share/datasets/fashion-mnist);
   3. TensorFlow Datasets in ``<data_dir>`` (prepared there, or downloaded when allowed).
 When none has it, ``DataUnavailableError`` says which dataset, which directory and which
-import command.
+import command. Whatever the source, a split is checked before use (``check_split``): image
+shape and dtype, labels in [0, num_classes); damaged files and bad contents raise ``DataError``
+naming the file and what to do, never a traceback and never silently wrong data.
 """
 from __future__ import annotations
 
@@ -19,13 +21,26 @@ import dataclasses
 import gzip
 import os
 import struct
+import zipfile
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
 
+from pixelreg_jax.cli import UserError
 
-class DataUnavailableError(RuntimeError):
+
+class DataUnavailableError(UserError, RuntimeError):
   """A dataset is neither imported, on the system, nor obtainable from TFDS."""
+
+
+class DataError(UserError, ValueError):
+  """A data file is damaged (truncated, not its format) or holds wrong contents (image shape,
+  labels out of range, an unknown split)."""
+
+# What reading a damaged file raises: truncated gzip (EOFError), bad gzip/zip (OSError,
+# BadZipFile, zlib.error), a bad npy header (ValueError).
+READ_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile, ValueError, KeyError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +56,7 @@ class DatasetInfo:
     tfds_name: the TFDS builder (with config), e.g. 'imagenet_resized/32x32'.
     classification: whether it can be the classified dataset (ImageNet is a reg source only).
     system_dirs: directories where a system package puts the original IDX files.
+    splits: the split names it has ('train[:100]'-style slices of them are accepted too).
   """
   name: str
   num_classes: int
@@ -49,6 +65,7 @@ class DatasetInfo:
   tfds_name: str
   classification: bool = True
   system_dirs: tuple[str, ...] = ()
+  splits: tuple[str, ...] = ('train', 'test')
 
 
 _IDX_FILES = {
@@ -64,19 +81,47 @@ DATASETS: dict[str, DatasetInfo] = {
                     system_dirs=('/usr/share/datasets/fashion-mnist',)),
         DatasetInfo('cifar10', 10, (32, 32, 3), 'cifar', 'cifar10'),
         DatasetInfo('cifar100', 100, (32, 32, 3), 'cifar', 'cifar100'),
+        # Imported: train and test (the official val_data); TFDS: train and validation.
         DatasetInfo('imagenet32', 1000, (32, 32, 3), 'cifar', 'imagenet_resized/32x32',
-                    classification=False),
+                    classification=False, splits=('train', 'test', 'validation')),
         # Full ImageNet via TFDS with a manual dir, reduced as in the release: grayscale,
         # centre crop to the 144×256 aspect, resize to 36×64 (tfds_source.release_imagenet_crop).
-        DatasetInfo('imagenet2012', 1000, (36, 64, 1), 'cifar', 'imagenet2012', classification=False),
+        DatasetInfo('imagenet2012', 1000, (36, 64, 1), 'cifar', 'imagenet2012', classification=False,
+                    splits=('train', 'validation', 'test')),
     ]
 }
 
 
 def get_info(name: str) -> DatasetInfo:
   if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')
+    raise DataError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')
   return DATASETS[name]
+
+
+def check_split_name(name: str, split: str) -> None:
+  """Raises DataError unless ``split`` (or the split a 'train[:N]' slice is of) exists for ``name``."""
+  info = get_info(name)
+  if split.split('[', 1)[0] not in info.splits:
+    raise DataError(f'no such split {split!r} for {name} (splits: {", ".join(info.splits)})')
+
+
+def check_split(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, where: str, redo: str = '') -> None:
+  """Raises DataError unless images are uint8 [N, *info.image_shape] and labels N integers in
+  [0, info.num_classes). ``where`` names the file or source in the message, ``redo`` (appended)
+  what to do about it."""
+  if images.ndim != 4 or tuple(images.shape[1:]) != tuple(info.image_shape):
+    raise DataError(f'{where}: images have shape {tuple(images.shape[1:])}, expected {tuple(info.image_shape)} '
+                    f'for {info.name}{redo}')
+  if images.dtype != np.uint8:
+    raise DataError(f'{where}: images are {images.dtype}, expected uint8{redo}')
+  if labels.ndim != 1 or len(labels) != len(images):
+    raise DataError(f'{where}: {len(images)} images but labels of shape {labels.shape}{redo}')
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise DataError(f'{where}: labels are {labels.dtype}, expected integers{redo}')
+  if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+    bad = int(np.sum((labels < 0) | (labels >= info.num_classes)))
+    raise DataError(f'{where}: {bad} label(s) outside [0, {info.num_classes}) (min {labels.min()}, '
+                    f'max {labels.max()}) for {info.name}{redo}')
 
 
 def default_data_dir() -> str:
@@ -105,19 +150,29 @@ def _open_maybe_gz(path: str):
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (plain or gzip-compressed) of unsigned bytes into a uint8 array."""
-  with _open_maybe_gz(path) as f:
-    header = f.read(4)
-    if len(header) != 4 or header[0] != 0 or header[1] != 0:
-      raise ValueError(f'{path}: not an IDX file')
-    if header[2] != 0x08:
-      raise ValueError(f'{path}: IDX type 0x{header[2]:02x} unsupported (only unsigned bytes)')
-    ndim = header[3]
-    shape = struct.unpack('>' + 'I' * ndim, f.read(4 * ndim))
-    data = f.read()
+  """Reads an IDX file (plain or gzip-compressed) of unsigned bytes into a uint8 array.
+
+  Raises:
+    DataError: the file is truncated, its gzip stream damaged, or it is no IDX file.
+  """
+  try:
+    with _open_maybe_gz(path) as f:
+      header = f.read(4)
+      if len(header) != 4 or header[0] != 0 or header[1] != 0:
+        raise DataError(f'{path}: not an IDX file')
+      if header[2] != 0x08:
+        raise DataError(f'{path}: IDX type 0x{header[2]:02x} unsupported (only unsigned bytes)')
+      ndim = header[3]
+      dims = f.read(4 * ndim)
+      if len(dims) != 4 * ndim:
+        raise DataError(f'{path}: truncated IDX file (header)')
+      shape = struct.unpack('>' + 'I' * ndim, dims)
+      data = f.read()
+  except (OSError, EOFError, zlib.error) as e:
+    raise DataError(f'{path}: damaged or truncated file ({type(e).__name__}: {e})') from e
   expected = int(np.prod(shape))
   if len(data) != expected:
-    raise ValueError(f'{path}: truncated IDX file ({len(data)} of {expected} bytes)')
+    raise DataError(f'{path}: truncated IDX file ({len(data)} of {expected} bytes)')
   return np.frombuffer(data, np.uint8).reshape(shape)
 
 
@@ -136,7 +191,7 @@ def find_idx_pair(directory: str, split: str) -> Optional[tuple[str, str]]:
 def read_idx_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = read_idx(images_path), read_idx(labels_path)
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-    raise ValueError(f'{images_path}, {labels_path}: inconsistent IDX shapes {images.shape}, {labels.shape}')
+    raise DataError(f'{images_path}, {labels_path}: inconsistent IDX shapes {images.shape}, {labels.shape}')
   return images[..., None], labels.astype(np.int32)
 
 
@@ -149,8 +204,13 @@ def save_npz(path: str, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-  with np.load(path) as f:
-    return f['images'], f['labels']
+  """(images, labels) of a split written by ``save_npz``; DataError if the file is damaged."""
+  try:
+    with np.load(path) as f:
+      return f['images'], f['labels']
+  except READ_ERRORS as e:
+    raise DataError(f'{path} is damaged or truncated ({type(e).__name__}: {str(e)[:200]}); '
+                    'import the dataset again') from e
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,18 +254,26 @@ def load_split(name: str, split: str, data_dir: str = '', *, download: bool = Fa
   Raises:
     DataUnavailableError: with a one-line message naming the dataset, the directory searched
       and the import command.
+    DataError: an unknown split, a damaged file, wrong image shapes or labels out of range.
   """
   info = get_info(name)
-  for _, source in SOURCES:
+  check_split_name(name, split)
+  for source_name, source in SOURCES:
     out = source(info, split, data_dir)
     if out is not None:
       images, labels = out
       if num_examples:
         images, labels = images[:num_examples], labels[:num_examples]
+      if source_name == 'imported':
+        check_split(info, images, labels, imported_path(data_dir, name, split),
+                    f'; import it again with: {import_command(name, data_dir)}')
+      else:
+        check_split(info, images, labels, f'{name} ({split}, {source_name} files)')
       return images, labels
   out = _from_tfds(info, split, data_dir, download=download, num_examples=num_examples,
                    manual_dir=manual_dir)
   if out is not None:
+    check_split(info, *out, f'{name} ({split}, TFDS {info.tfds_name})')
     return out
   searched = os.path.dirname(imported_path(data_dir, name, split))
   raise DataUnavailableError(

@@ -392,7 +392,8 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
             'reg_dataset': run.config.reg.dataset, 'num_images': int(len(images)), 'first_image': first_image,
             'num_classes': data_lib.get_info(dataset).num_classes,
             'source_workdir': os.path.abspath(source_workdir) if source else None,
-            'checkpoint': run.checkpoint_record, 'attacks': {}, 'seconds': {}}
+            'checkpoint': run.checkpoint_record, 'source_checkpoint': source.checkpoint_record if source else None,
+            'attacks': {}, 'seconds': {}}
   for name in dict.fromkeys(attack_names):   # each once, in the given order
     EVALUATORS[name](ctx, record, name)
   record['clean_accuracy'] = [float(a) for a in np.asarray(

@@ -15,7 +15,9 @@ Accepted sources (a file, or a directory holding it):
                         extracted ``train_data_batch_*`` / ``val_data`` files, or one ``.npz`` with
                         ``data``/``labels`` (or ``images``/``labels``). Labels are made 0-based.
 Writes ``<data_dir>/imported/<dataset>/{train,test}.npz`` (uint8 NHWC images, int32 labels),
-which training reads with ``--config.data_dir=<data_dir>``.
+which training reads with ``--config.data_dir=<data_dir>``. Image shapes and labels are checked
+before anything is written; a truncated or damaged source file, or contents of the wrong shape
+or with labels outside [0, num_classes), stop the import with one ``error:`` line (exit status 2).
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from pixelreg_jax import cli
 from pixelreg_jax import data as data_lib
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -46,8 +50,14 @@ def define_flags():
   flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
 
 
-class ImportError_(ValueError):
-  """The source does not hold the expected official files."""
+class ImportError_(cli.UserError, ValueError):
+  """The source does not hold the expected official files, or they are damaged."""
+
+
+# What reading a damaged archive or pickle raises (a truncated .gz: EOFError; bad bytes:
+# zlib.error, BadGzipFile (an OSError), tarfile.ReadError, BadZipFile, UnpicklingError).
+_READ_ERRORS = (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile, pickle.UnpicklingError,
+                ValueError, KeyError, IndexError, TypeError)
 
 
 def chw_rows_to_nhwc(rows: np.ndarray, size: int = 32) -> np.ndarray:
@@ -204,8 +214,20 @@ IMPORTERS: dict[str, Callable[[str, int], dict[str, Split]]] = {
 }
 
 
+def read_source(name: str, source: str, max_images: int = 0) -> dict[str, Split]:
+  """The splits of ``name`` read from ``source``; every read failure as one ImportError_."""
+  try:
+    return IMPORTERS[name](source, max_images)
+  except (ImportError_, data_lib.DataError):
+    raise
+  except _READ_ERRORS as e:
+    raise ImportError_(f'{source} is damaged or not the official {name} files '
+                       f'({type(e).__name__}: {cli.one_line(str(e), 200)})') from e
+
+
 def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_images: int = 0) -> dict:
-  """Reads the official files of ``name`` from ``source`` and writes the imported splits."""
+  """Reads the official files of ``name`` from ``source``, checks every split (image shape,
+  labels in range) and only then writes the imported splits."""
   if name not in IMPORTERS:
     raise ImportError_(f'no importer for {name!r}; choose one of {sorted(IMPORTERS)}')
   source = os.path.expanduser(source)
@@ -213,16 +235,17 @@ def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_i
     raise ImportError_(f'--source={source} does not exist')
   info = data_lib.get_info(name)
   data_dir = data_dir or data_lib.default_data_dir()
-  written = {}
-  for split, (images, labels) in IMPORTERS[name](source, max_images).items():
+  splits = {}
+  for split, (images, labels) in read_source(name, source, max_images).items():
     if max_images:
       images, labels = images[:max_images], labels[:max_images]
+    images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim == 3:
       images = images[..., None]
-    if images.shape[1:] != info.image_shape:
-      raise ImportError_(f'{split} images have shape {images.shape[1:]}, expected {info.image_shape} for {name}')
-    if labels.min() < 0 or labels.max() >= info.num_classes:
-      raise ImportError_(f'{split} labels outside [0, {info.num_classes})')
+    data_lib.check_split(info, images, labels, f'{source} ({split})')
+    splits[split] = images, labels
+  written = {}
+  for split, (images, labels) in splits.items():
     path = data_lib.imported_path(data_dir, name, split)
     data_lib.save_npz(path, images, labels)
     written[split] = {'images': int(len(images)), 'path': path}
@@ -231,13 +254,10 @@ def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_i
 
 def main(argv):
   del argv
-  try:
-    out = import_dataset(FLAGS.dataset, FLAGS.source, FLAGS.data_dir, FLAGS.max_images)
-  except (ImportError_, ValueError, OSError) as e:
-    raise SystemExit(f'error: {e}')
+  out = import_dataset(FLAGS.dataset, FLAGS.source, FLAGS.data_dir, FLAGS.max_images)
   print(json.dumps(out), flush=True)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -8,6 +8,10 @@ models by their regularization settings (or by ``--labels``, one per workdir); e
 every run in a group is one sample. Curves are the mean over seeds with a band of ± one
 standard error of the mean, SEM = s/√n (s with n − 1 degrees of freedom).
 Writes ``robustness.png``, ``robustness.md`` and ``summary.json`` into ``--out``.
+
+A run is counted once: a workdir listed twice (by any path spelling) is read once, with a
+warning; two different workdirs holding the same run (same seeds and config, e.g. a copy) are
+refused, since pooling them would count each seed twice and shrink the SEM.
 """
 from __future__ import annotations
 
@@ -16,9 +20,15 @@ import os
 from typing import Optional, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags, logging
+
+from pixelreg_jax import cli
 
 FLAGS = flags.FLAGS
+
+
+class ReportError(cli.UserError, ValueError):
+  """Workdirs that cannot be reported together (missing evaluation, duplicate runs, bad labels)."""
 
 
 def define_flags():
@@ -56,14 +66,58 @@ def default_label(record: dict) -> str:
   return f'regularized (α={record["alpha"]:g}, {target}, by {record["reg_dataset"]})'
 
 
-def load_records(workdirs: Sequence[str], filename: str = 'robustness.json') -> list[dict]:
-  records = []
+# config.json fields that do not change the trained model (they may differ between copies).
+_NOT_THE_MODEL = ('data_dir', 'download', 'log_every_steps', 'tensorboard', 'eval_batch_size', 'tfds_manual_dir')
+
+
+def unique_workdirs(workdirs: Sequence[str]) -> list[str]:
+  """``workdirs`` without repeats of the same directory (by real path); each repeat is logged."""
+  out, seen = [], {}
   for w in workdirs:
+    key = os.path.realpath(w)
+    if key in seen:
+      logging.warning('%s is listed twice (as %s and %s); counting it once', key, seen[key], w)
+      continue
+    seen[key] = w
+    out.append(w)
+  return out
+
+
+def _identity(workdir: str, record: dict) -> tuple:
+  """What makes a run the same run: its seeds and its config.json (without the fields that do
+  not change the model), or, without config.json, its seeds and its evaluation results."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.isfile(path):
+    with open(path) as f:
+      config = json.load(f)
+    what = json.dumps({k: v for k, v in config.items() if k not in _NOT_THE_MODEL}, sort_keys=True)
+  else:
+    what = json.dumps({'attacks': record.get('attacks'), 'boundary': record.get('boundary')}, sort_keys=True)
+  return tuple(record.get('seeds', [])), record.get('dataset'), what
+
+
+def load_records(workdirs: Sequence[str], filename: str = 'robustness.json') -> list[dict]:
+  """The evaluation record of each run, a workdir listed twice read once.
+
+  Raises:
+    ReportError: an evaluation is missing or unreadable, or two workdirs hold the same run.
+  """
+  records, identities = [], {}
+  for w in unique_workdirs(workdirs):
     path = os.path.join(w, filename)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path} is missing; run python -m pixelreg_jax.evaluate --workdir={w} first')
-    with open(path) as f:
-      records.append(json.load(f))
+      raise ReportError(f'{path} is missing; run python -m pixelreg_jax.evaluate --workdir={w} first')
+    try:
+      with open(path) as f:
+        record = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ReportError(f'{path} is unreadable ({type(e).__name__}: {e}); evaluate {w} again') from e
+    ident = _identity(w, record)
+    if ident in identities:
+      raise ReportError(f'{identities[ident]} and {w} hold the same run (seeds {list(ident[0])}, same config); '
+                        'list each run once, or its seeds count twice')
+    identities[ident] = w
+    records.append(record)
   return records
 
 
@@ -71,7 +125,7 @@ def aggregate(records: Sequence[dict], labels: Optional[Sequence[str]] = None) -
   """{label: {'n': seeds, 'attacks': {name: {'levels', 'mean', 'sem'}}, 'boundary': {...}}}."""
   labels = list(labels) if labels else [default_label(r) for r in records]
   if len(labels) != len(records):
-    raise ValueError(f'{len(labels)} labels for {len(records)} workdirs')
+    raise ReportError(f'{len(labels)} labels for {len(records)} workdirs')
   groups: dict[str, list[dict]] = {}
   for label, r in zip(labels, records):
     groups.setdefault(label, []).append(r)
@@ -165,8 +219,15 @@ def markdown_table(agg: dict) -> str:
 
 
 def write_report(workdirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None,
-                 title: Optional[str] = None) -> dict:
-  agg = aggregate(load_records(workdirs), labels)
+                 title: Optional[str] = None, filename: str = 'robustness.json') -> dict:
+  """Aggregates, plots and tabulates the runs in ``workdirs``; returns the aggregate."""
+  if labels and len(labels) != len(workdirs):
+    raise ReportError(f'{len(labels)} labels for {len(workdirs)} workdirs')
+  if labels:   # keep each label with its workdir when a repeated workdir is dropped
+    kept = unique_workdirs(workdirs)
+    labels = [labels[list(workdirs).index(w)] for w in kept]
+    workdirs = kept
+  agg = aggregate(load_records(workdirs, filename), labels)
   os.makedirs(out, exist_ok=True)
   plot(agg, os.path.join(out, 'robustness.png'), title)
   with open(os.path.join(out, 'robustness.md'), 'w') as f:
@@ -194,7 +255,7 @@ def grid(records: Sequence[dict], max_accuracy_drop: float = 0.02) -> dict:
     rows.append(row)
   baselines = [row for row in rows if not row['alpha']]
   if len(baselines) != 1:
-    raise ValueError(f'a grid needs exactly one α=0 run, got {len(baselines)}')
+    raise ReportError(f'a grid needs exactly one α=0 run, got {len(baselines)}')
   floor = baselines[0]['clean_accuracy'] - max_accuracy_drop
   eligible = [row for row in rows if row['alpha'] and row['clean_accuracy'] >= floor]
   selected = max(eligible, key=lambda row: row['score']) if eligible else None
@@ -203,7 +264,8 @@ def grid(records: Sequence[dict], max_accuracy_drop: float = 0.02) -> dict:
 
 
 def grid_table(g: dict) -> str:
-  lines = ['| α | Th | clean acc. | Gaussian | uniform | salt & pepper | score | |', '|---|---|---|---|---|---|---|---|']
+  lines = ['| α | Th | clean acc. | Gaussian | uniform | salt & pepper | score | |',
+           '|---|---|---|---|---|---|---|---|']
   for r in g['rows']:
     mark = '**selected**' if g['selected'] and r['workdir'] == g['selected']['workdir'] else ''
     if r['alpha'] and r['clean_accuracy'] < g['baseline_clean_accuracy'] - g['max_accuracy_drop']:
@@ -217,10 +279,7 @@ def main(argv):
   del argv
   out = FLAGS.out or FLAGS.workdirs[0]
   if FLAGS.grid:
-    try:
-      g = grid(load_records(FLAGS.workdirs, FLAGS.robustness_file), FLAGS.max_accuracy_drop)
-    except (FileNotFoundError, ValueError) as e:
-      raise SystemExit(f'error: {e}')
+    g = grid(load_records(FLAGS.workdirs, FLAGS.robustness_file), FLAGS.max_accuracy_drop)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'grid.md'), 'w') as f:
       f.write(grid_table(g))
@@ -228,14 +287,11 @@ def main(argv):
       json.dump(g, f, indent=2)
     print(json.dumps({'out': os.path.abspath(out), 'selected': g['selected']}), flush=True)
     return
-  try:
-    agg = write_report(FLAGS.workdirs, out, FLAGS.labels, FLAGS.title)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'error: {e}')
+  agg = write_report(FLAGS.workdirs, out, FLAGS.labels, FLAGS.title, FLAGS.robustness_file)
   print(json.dumps({'out': os.path.abspath(out), 'models': {k: v['n'] for k, v in agg.items()},
                     'plot': os.path.join(os.path.abspath(out), 'robustness.png')}), flush=True)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

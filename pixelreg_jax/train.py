@@ -262,10 +262,7 @@ def members(config: ml_collections.ConfigDict) -> Member:
 
 
 def seed_keys(seeds) -> SeedKeys:
-  """Keys of the given seeds (or of a config's members): a model with seed s is the same
-  whatever population it trains in."""
-  if isinstance(seeds, ml_collections.ConfigDict):
-    seeds = members(seeds).seed
+  """Keys of the given seeds: a model with seed s is the same whatever population it trains in."""
   def one(s):
     k = jax.random.PRNGKey(int(s))
     return SeedKeys(*(jax.random.fold_in(k, i) for i in range(5)))
@@ -569,10 +566,6 @@ class Trainer:
     self._eval_shared = jax.jit(seeded(one_eval, self.M, (0, None), mode))      # one dataset, all members
     self._eval_per_member = jax.jit(seeded(one_eval, self.M, (0, 0), mode))     # a dataset per member
 
-  @staticmethod
-  def eval_variables(state: TrainState) -> dict:   # TODO(lead): remove once runs.py uses state.variables()
-    return state.variables()
-
   # -- the public step API -----------------------------------------------------------
 
   def init_state(self) -> TrainState:
@@ -644,7 +637,9 @@ class Trainer:
         state, best_vars, meta = restored
         best.restore(best_vars, meta)
         start_epoch = meta['epoch'] + 1
-        log(f'resumed from {manager.directory} after epoch {start_epoch}')
+        why = manager.last_restore.fallback_reason
+        log(f'resumed from {manager.directory} after epoch {start_epoch}'
+            + (f' (an older checkpoint: {why})' if why else ''))
     writer = (MetricsWriter(self.workdir, c.tensorboard, resume_after_epoch=start_epoch)
               if self.workdir and main_process else None)
 

@@ -1,5 +1,8 @@
-"""The command-line entry points: one-line errors before compiling, results as JSON."""
+"""The command-line entry points: one convention (``error: …`` on stderr, exit status 2; Ctrl-C
+130), errors before compiling, results as JSON."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_env, synthetic_host_data, tiny_config
-from pixelreg_jax import evaluate, report, train
+from pixelreg_jax import cli, report, train
 
 
 def _run(args, timeout=300, **env_extra):
@@ -28,8 +31,8 @@ def _one_error_line(proc):
 
 
 @pytest.mark.parametrize('override,match', [
-    ('--config.reg.alpha=-1', 'config.reg.alpha=-1.0'),
-    ('--config.reg.threshold=1.5', 'config.reg.threshold=1.5'),
+    ('--config.reg.alpha=-1', 'alpha=-1.0'),
+    ('--config.reg.threshold=1.5', 'threshold=1.5'),
     ('--config.model.name=resnet50', "config.model.name='resnet50'"),
     ('--config.dataset=svhn', "config.dataset='svhn'"),
 ])
@@ -39,6 +42,65 @@ def test_invalid_config_fails_in_one_line_without_compiling(tmp_path, override, 
   assert match in _one_error_line(out)
   assert 'Compiling' not in out.stderr and 'Finished tracing' not in out.stderr
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('case', ['missing', 'syntax', 'no_get_config', 'not_a_config', 'misspelt_field',
+                                  'misspelt_top_field', 'bad_value', 'unknown_flag', 'extra_argument'])
+def test_config_file_and_flag_errors_are_one_line(tmp_path, case):
+  good = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
+  files = {'syntax': 'def get_config(:\n', 'no_get_config': 'x = 1\n',
+           'not_a_config': 'def get_config():\n  return 3\n'}
+  path = tmp_path / 'config.py'
+  if case in files:
+    path.write_text(files[case])
+  args, match = {
+      'missing': ([f'--config={tmp_path}/nope.py'], f'{tmp_path}/nope.py: No such file or directory'),
+      'syntax': ([f'--config={path}'], f'{path}:1: syntax error'),
+      'no_get_config': ([f'--config={path}'], 'defines no get_config()'),
+      'not_a_config': ([f'--config={path}'], 'get_config() returned int, not a ConfigDict'),
+      'misspelt_field': ([f'--config={good}', '--config.reg.alhpa=1'],
+                         "--config.reg.alhpa: config.reg has no field 'alhpa' (did you mean 'alpha'?)"),
+      'misspelt_top_field': ([f'--config={good}', '--config.num_epoch=1'], "config has no field 'num_epoch'"),
+      'bad_value': ([f'--config={good}', '--config.reg.alpha=abc'], "could not convert string to float: 'abc'"),
+      'unknown_flag': (['--wokdir=x'], "Unknown command line flag 'wokdir'"),
+      'extra_argument': ([f'--config={good}', 'runs/x'], "unexpected arguments: ['runs/x']"),
+  }[case]
+  out = _run(['pixelreg_jax.main', f'--workdir={tmp_path}/w'] + args)
+  assert match in _one_error_line(out)
+  assert len([l for l in out.stderr.splitlines() if l.strip()]) == 1, out.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_default_config_is_found_from_any_directory(tmp_path):
+  """``--config`` defaults to the package's own fashion_mnist.py, not a path relative to the
+  current directory: from elsewhere, a bad override is checked against it."""
+  out = subprocess.run([sys.executable, '-m', 'pixelreg_jax.main', f'--workdir={tmp_path}/w', '--config.reg.alpha=-1'],
+                       cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+  assert 'alpha=-1.0' in _one_error_line(out)
+
+
+def test_one_line_errors_exit_status_and_interrupt(capsys):
+  with pytest.raises(SystemExit) as e, cli.one_line_errors():
+    raise report.ReportError('first line\nsecond line')
+  assert e.value.code == 2 and capsys.readouterr().err == 'error: first line: second line\n'
+  with pytest.raises(SystemExit) as e, cli.one_line_errors():
+    raise KeyboardInterrupt
+  assert e.value.code == 130 and capsys.readouterr().err == 'error: interrupted (Ctrl-C)\n'
+  with pytest.raises(SystemExit) as e, cli.one_line_errors():
+    open('/nonexistent-dir/x')
+  assert e.value.code == 2 and capsys.readouterr().err == 'error: /nonexistent-dir/x: No such file or directory\n'
+  with pytest.raises(ZeroDivisionError), cli.one_line_errors():   # a bug keeps its traceback
+    1 / 0
+
+
+def test_cli_stays_light():
+  """report and import_data import cli; it must not pull in JAX, orbax or TensorFlow."""
+  code = ('import sys; import pixelreg_jax.cli, pixelreg_jax.report, pixelreg_jax.import_data; '
+          'print(sorted(m for m in ("jax", "orbax", "tensorflow", "flax") if m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == '[]'
 
 
 def test_cifar10_offline_fails_fast_with_dataset_not_available(tmp_path):
@@ -62,32 +124,7 @@ def trained(tmp_path_factory):
   return wd, host, result
 
 
-def test_evaluate_run_records_every_seed_and_attack(trained, monkeypatch):
-  wd, host, result = trained
-  monkeypatch.setattr(evaluate.data_lib, 'load_split', lambda *a, **k: (host['test_x'], host['test_y']))
-  from pixelreg_jax import attacks
-  rec = evaluate.evaluate_run(str(wd), ['gaussian', 'salt_pepper', 'fgsm', 'boundary'], source_workdir=str(wd),
-                              batch_size=16, boundary_images=6, boundary_repeats=2, boundary_batch=3,
-                              boundary_cfg=attacks.BoundaryConfig(steps=4, candidates=2, init_tries=5),
-                              log=lambda s: None)
-  assert rec['seeds'] == [0, 1]
-  for name in ('gaussian', 'salt_pepper', 'fgsm'):
-    acc = np.asarray(rec['attacks'][name]['accuracy'])
-    assert acc.shape == (2, 10) and np.all((acc >= 0) & (acc <= 1))
-  # Level 0 is the clean test accuracy that training reported, for each seed.
-  np.testing.assert_allclose(rec['clean_accuracy'], result['test_accuracy_per_seed'], atol=1e-6)
-  b = rec['boundary']
-  assert len(b['median_distance']) == 2 and len(b['median_distance_per_repeat'][0]) == 2
-  assert b['all_adversarial']
-  assert all(np.isfinite(m) or f > 0 for m, f in zip(b['median_distance'], b['failed_starts']))
-  s = evaluate.summary(rec)
-  assert set(s) >= {'clean_accuracy', 'gaussian_mean_accuracy', 'fgsm_mean_accuracy', 'boundary_median_distance'}
-
-
-def test_unknown_attack_is_a_config_error(trained):
-  wd, _, _ = trained
-  with pytest.raises(evaluate.cli.ConfigError, match='unknown attack'):
-    evaluate.evaluate_run(str(wd), ['gaussian', 'pgd'])
+# The evaluation itself: tests/test_evaluate.py.
 
 
 def test_mean_sem_by_hand():
@@ -122,7 +159,9 @@ def test_report_pools_seeds_and_writes_plot_and_table(tmp_path):
 
 
 def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch):
-  from pixelreg_jax import analysis, input_pipeline as pipe, runs
+  from pixelreg_jax import analysis, runs
+  from pixelreg_jax import input_pipeline as pipe
+  from pixelreg_jax.config import input_size
   wd, host, _ = trained
   monkeypatch.setattr(analysis.data_lib, 'load_split',
                       lambda *a, num_examples=0, **k: (host['train_x'][:num_examples], host['train_y'][:num_examples]))
@@ -130,13 +169,14 @@ def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch)
   assert rec['num_pairs'] == 30 * 29 // 2 and len(rec['seeds']) == 2
   # NumPy reference for seed 1: S^pixel from the formula, tap cosines from the taps.
   run = runs.load_run(str(wd), log=lambda s: None)
+  size = input_size(run.config)
   v = run.seed_variables(1)
-  x = np.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), 32, 1), np.float64)[..., 0].reshape(30, -1)
+  x = np.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), size, 1), np.float64)[..., 0].reshape(30, -1)
   x = x - x.mean(0)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   iu = np.triu_indices(30, 1)
   s_pixel = (x @ x.T)[iu]
-  taps = run.model.apply(v, jnp.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), 32, 1)), False,
+  taps = run.model.apply(v, jnp.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), size, 1)), False,
                          method='features')
   w = np.exp(np.asarray(v['params']['layer_weights'], np.float64))
   w /= w.sum()
@@ -153,3 +193,79 @@ def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch)
   assert (wd / 'an' / 'analysis.png').stat().st_size > 10000
   saved = json.loads((wd / 'an' / 'analysis.json').read_text())
   assert saved['combined_mean']['pearson'] == pytest.approx(rec['combined_mean']['pearson'])
+
+
+def test_analysis_refuses_a_quadratic_blow_up_before_loading_anything(tmp_path):
+  out = _run(['pixelreg_jax.analysis', f'--workdir={tmp_path}', '--num_images=70000'])
+  line = _one_error_line(out)
+  assert '--num_images=70000 would need about 292 GiB' in line and 'at most 10000' in line   # 64·N² bytes
+
+
+def _evaluated(path, alpha, acc, seeds=(0,), config=None):
+  rec = {'workdir': str(path), 'dataset': 'mnist', 'seeds': list(seeds), 'alpha': alpha, 'threshold': 0.2,
+         'reg_dataset': 'mnist', 'num_images': 10,
+         'attacks': {'gaussian': {'levels': [0.0, 0.5], 'accuracy': acc}}}
+  path.mkdir()
+  (path / 'robustness.json').write_text(json.dumps(rec))
+  if config is not None:
+    (path / 'config.json').write_text(json.dumps(config))
+  return str(path)
+
+
+def test_report_counts_a_run_listed_twice_once(tmp_path):
+  a = _evaluated(tmp_path / 'a', 0.0, [[0.9, 0.5]])
+  b = _evaluated(tmp_path / 'b', 0.0, [[0.7, 0.3]])
+  os.symlink(a, tmp_path / 'a_link')
+  agg = report.aggregate(report.load_records([a, b, a + '/', str(tmp_path / 'a_link')]))
+  e = agg['unregularized']
+  assert e['n'] == 2 and e['attacks']['gaussian']['mean'] == pytest.approx([0.8, 0.4])
+  assert e['attacks']['gaussian']['sem'] == pytest.approx([0.1, 0.1])   # |a−b|/2, not from four samples
+
+
+@pytest.mark.parametrize('with_config', [True, False])
+def test_report_refuses_two_copies_of_the_same_run(tmp_path, with_config):
+  config = {'seed': 0, 'reg': {'alpha': 0.0}, 'data_dir': '/data/a'} if with_config else None
+  a = _evaluated(tmp_path / 'a', 0.0, [[0.9, 0.5]], config=config)
+  b = tmp_path / 'copy'
+  shutil.copytree(a, b)
+  if with_config:   # a field that does not change the model may differ
+    (b / 'config.json').write_text(json.dumps(dict(config, data_dir='/data/b')))
+  out = _run(['pixelreg_jax.report', f'--workdirs={a},{b}', f'--out={tmp_path}/out'])
+  line = _one_error_line(out)
+  assert 'hold the same run (seeds [0], same config)' in line and str(b) in line
+  # Different seeds of one config are different runs.
+  c = _evaluated(tmp_path / 'c', 0.0, [[0.9, 0.5]], seeds=(1,), config=dict(config, seed=1) if config else None)
+  assert report.aggregate(report.load_records([a, c]))['unregularized']['n'] == 2
+
+
+def test_report_missing_evaluation_is_one_line(tmp_path):
+  out = _run(['pixelreg_jax.report', f'--workdirs={tmp_path}'])
+  assert 'robustness.json is missing' in _one_error_line(out)
+  out = _run(['pixelreg_jax.report'])
+  assert '--workdirs' in _one_error_line(out)
+
+
+_LOGGING = '''
+import sys, types
+import numpy as np
+from absl import logging
+from pixelreg_jax import checkpoint, cli
+def main(argv):
+  logging.info('progress of ours')
+  state = types.SimpleNamespace(step=np.zeros((), np.int32), params={'w': np.ones(4, np.float32)}, batch_stats={},
+                                sim_stats={}, opt_state=())
+  checkpoint.CheckpointManager(sys.argv[-1]).save(0, state, {'w': np.ones(4, np.float32)}, {})   # orbax logs INFO
+  print('{"result": 1}')
+cli.run(main)
+'''
+
+
+@pytest.mark.parametrize('verbosity', [None, '0'])
+def test_progress_is_logged_on_stderr_and_library_info_only_when_asked(tmp_path, verbosity):
+  args = [sys.executable, '-c', _LOGGING] + ([f'--verbosity={verbosity}'] if verbosity else []) + [str(tmp_path)]
+  out = subprocess.run(args, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout == '{"result": 1}\n'                       # stdout: the result only
+  assert 'progress of ours' in out.stderr
+  orbax_lines = [l for l in out.stderr.splitlines() if 'orbax' in l.lower() or 'checkpoint_manager' in l]
+  assert bool(orbax_lines) == (verbosity is not None), out.stderr[-2000:]

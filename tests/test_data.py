@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixelreg_jax import data, input_pipeline as pipe
+from pixelreg_jax import data
+from pixelreg_jax import input_pipeline as pipe
 
 
 def write_idx(path, array, compress=True):
@@ -46,16 +47,17 @@ def test_idx_errors(tmp_path):
   write_idx(tmp_path / 'a', np.zeros((10, 4), np.uint8), compress=False)
   raw = (tmp_path / 'a').read_bytes()
   (tmp_path / 'short').write_bytes(raw[:-5])
-  with pytest.raises(ValueError, match='truncated'):
+  with pytest.raises(data.DataError, match='truncated'):
     data.read_idx(str(tmp_path / 'short'))
   (tmp_path / 'junk').write_bytes(b'PK\x03\x04garbage')
-  with pytest.raises(ValueError, match='not an IDX'):
+  with pytest.raises(data.DataError, match='not an IDX'):
     data.read_idx(str(tmp_path / 'junk'))
 
 
 def test_system_idx_source_and_imported_precedence(tmp_path, monkeypatch):
   src = write_mnist_dir(str(tmp_path / 'sys'))
-  info = data.DatasetInfo('fashion_mnist', 10, (28, 28, 1), 'mnist', 'fashion_mnist', system_dirs=(str(tmp_path / 'sys'),))
+  info = data.DatasetInfo('fashion_mnist', 10, (28, 28, 1), 'mnist', 'fashion_mnist',
+                          system_dirs=(str(tmp_path / 'sys'),))
   monkeypatch.setitem(data.DATASETS, 'fashion_mnist', info)
   x, y = data.load_split('fashion_mnist', 'test', str(tmp_path / 'dd'))
   assert x.shape == (20, 28, 28, 1) and x.dtype == np.uint8 and y.dtype == np.int32
@@ -75,6 +77,73 @@ def test_missing_dataset_is_one_fast_clear_line(tmp_path):
   assert time.time() - t < 30
   assert '\n' not in msg and "'cifar10'" in msg and str(tmp_path) in msg
   assert 'python -m pixelreg_jax.import_data --dataset=cifar10' in msg
+
+
+def test_truncated_or_damaged_gzip_idx_is_a_data_error(tmp_path):
+  write_idx(tmp_path / 'a.gz', np.random.default_rng(0).integers(0, 256, (50, 28, 28)), compress=True)
+  raw = (tmp_path / 'a.gz').read_bytes()
+  (tmp_path / 'cut.gz').write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(data.DataError, match=r'cut.gz: damaged or truncated file \(EOFError'):
+    data.read_idx(str(tmp_path / 'cut.gz'))
+  bad = bytearray(raw)
+  bad[len(bad) // 2] ^= 0xFF                          # a damaged deflate stream or a CRC mismatch
+  (tmp_path / 'bad.gz').write_bytes(bytes(bad))
+  with pytest.raises(data.DataError, match='bad.gz: '):
+    data.read_idx(str(tmp_path / 'bad.gz'))
+
+
+def _imported(tmp_path, images, labels, split='train'):
+  data.save_npz(data.imported_path(str(tmp_path), 'mnist', split), images, labels)
+  return data.imported_path(str(tmp_path), 'mnist', split)
+
+
+def test_truncated_npz_is_one_line_naming_the_file(tmp_path):
+  rng = np.random.default_rng(0)
+  path = _imported(tmp_path, rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 40))
+  raw = open(path, 'rb').read()
+  for cut in (len(raw) // 2, len(raw) - 30):
+    open(path, 'wb').write(raw[:cut])
+    with pytest.raises(data.DataError) as e:
+      data.load_split('mnist', 'train', str(tmp_path))
+    assert '\n' not in str(e.value) and path in str(e.value) and 'import the dataset again' in str(e.value)
+
+
+@pytest.mark.parametrize('bad', ['label_10', 'label_negative', 'rgb_images', 'small_images', 'float_images',
+                                 'short_labels'])
+def test_imported_split_contents_are_checked(tmp_path, bad):
+  """Out-of-range labels would make a NaN loss later (issue 12): refused at load, with the file."""
+  rng = np.random.default_rng(1)
+  x, y = rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 30).astype(np.int32)
+  match = {'label_10': r'1 label\(s\) outside \[0, 10\) \(min \d, max 10\)',
+           'label_negative': r'1 label\(s\) outside \[0, 10\) \(min -1',
+           'rgb_images': r'images have shape \(28, 28, 3\), expected \(28, 28, 1\) for mnist',
+           'small_images': r'images have shape \(27, 27, 1\)', 'float_images': 'images are float32, expected uint8',
+           'short_labels': '30 images but labels of shape'}[bad]
+  if bad == 'label_10':
+    y[7] = 10
+  elif bad == 'label_negative':
+    y[3] = -1
+  elif bad == 'rgb_images':
+    x = np.repeat(x, 3, -1)
+  elif bad == 'small_images':
+    x = x[:, :27, :27]
+  elif bad == 'short_labels':
+    y = y[:20]
+  path = data.imported_path(str(tmp_path), 'mnist', 'train')
+  os.makedirs(os.path.dirname(path))
+  np.savez(path, images=x.astype(np.float32) if bad == 'float_images' else x, labels=y)   # as a foreign tool might
+  with pytest.raises(data.DataError, match=match) as e:
+    data.load_split('mnist', 'train', str(tmp_path))
+  assert path in str(e.value) and 'import_data --dataset=mnist' in str(e.value)
+
+
+def test_unknown_split_is_named_with_the_splits_there_are(tmp_path):
+  with pytest.raises(data.DataError, match=r"no such split 'validation' for fashion_mnist \(splits: train, test\)"):
+    data.load_split('fashion_mnist', 'validation', str(tmp_path))
+  data.check_split_name('imagenet32', 'validation')
+  data.check_split_name('mnist', 'train[:100]')
+  with pytest.raises(data.DataError, match='unknown dataset'):
+    data.load_split('svhn', 'train', str(tmp_path))
 
 
 @pytest.mark.skipif(not os.path.isfile('/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz'),
@@ -98,7 +167,9 @@ def test_model_input_pads_28_to_32_and_scales():
 def test_model_input_channels_and_resize():
   rgb = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
   g = np.asarray(pipe.model_input(jnp.asarray(rgb), 32, 1))
-  np.testing.assert_allclose(g[..., 0], rgb.mean(-1) / 255.0, rtol=1e-5)
+  r, gr, b = (rgb[..., i].astype(np.int64) for i in range(3))
+  luma = (19595 * r + 38470 * gr + 7471 * b + 2 ** 15) >> 16    # PIL convert('L'), ITU-R 601-2
+  np.testing.assert_allclose(g[..., 0], luma / 255.0, rtol=1e-6)
   gray = rgb[..., :1]
   three = np.asarray(pipe.model_input(jnp.asarray(gray), 32, 3))
   assert three.shape == (2, 32, 32, 3) and np.all(three[..., 0] == three[..., 2])
@@ -136,20 +207,24 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
 
 
 def test_train_batch_gathers_the_right_images_and_pairs():
+  from pixelreg_jax import regularizers, similarity
   rng = np.random.default_rng(3)
   images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
   labels = np.arange(40, dtype=np.int32)
   reg = rng.integers(0, 256, (10, 28, 28, 1), dtype=np.uint8)
-  targets = jnp.asarray(rng.uniform(-1, 1, (10, 10)), jnp.float32)
-  d = pipe.TrainData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(reg), targets)
+  matrix = rng.uniform(-1, 1, (10, 10)).astype(np.float32)
+  reg_data = regularizers.RegData(jnp.asarray(reg), jnp.asarray(matrix))
+  d = pipe.TrainData(jnp.asarray(images), jnp.asarray(labels), reg_data)
   spec = pipe.PipelineSpec(image_size=32, channels=1, family='mnist', augment=False, batch_size=8, pairs_per_step=3)
   order = jnp.asarray(rng.permutation(40))
-  keys = {'augment': jax.random.PRNGKey(1), 'pairs': jax.random.PRNGKey(2)}
-  b = pipe.train_batch(d, order, 2, 17, keys, spec)
+  b = pipe.train_batch(d, order, 2, 17, jax.random.PRNGKey(1), spec)
   want = np.asarray(order[16:24])
   np.testing.assert_array_equal(np.asarray(b['label']), want)
   np.testing.assert_allclose(np.asarray(b['image'])[:, 2:30, 2:30], images[want] / 255.0, rtol=1e-6)
-  from pixelreg_jax import similarity
-  rows, cols = similarity.pair_indices(keys['pairs'], 17, 3, 10)
-  np.testing.assert_allclose(np.asarray(b['reg_a'])[:, 2:30, 2:30], reg[np.asarray(rows)] / 255.0, rtol=1e-6)
-  np.testing.assert_array_equal(np.asarray(b['target']), np.asarray(targets)[np.asarray(rows), np.asarray(cols)])
+  pairs = regularizers.pair_batch(d.reg, jax.random.PRNGKey(2), 17, 0.5, spec)
+  rows, cols = (np.asarray(v) for v in similarity.pair_indices(jax.random.PRNGKey(2), 17, 3, 10))
+  np.testing.assert_allclose(np.asarray(pairs['reg_a'])[:, 2:30, 2:30], reg[rows] / 255.0, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(pairs['reg_b'])[:, 2:30, 2:30], reg[cols] / 255.0, rtol=1e-6)
+  # Targets: the matrix entries of the pairs, thresholded at Th = 0.5 (eq. 3).
+  raw = matrix[rows, cols]
+  np.testing.assert_array_equal(np.asarray(pairs['target']), np.where(raw > 0.5, 1.0, np.where(raw < -0.5, -1.0, 0.0)))

@@ -10,10 +10,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from test_data import write_mnist_dir
 
 from conftest import ROOT, run_env
 from pixelreg_jax import data, import_data
-from test_data import write_mnist_dir
 
 
 def _nchw_rows(images):
@@ -142,3 +142,56 @@ def test_import_cli_then_training_reads_it(tmp_path):
   rec = json.loads(out.stdout.strip().splitlines()[-1])
   assert rec['splits']['train']['images'] == 120 and rec['splits']['test']['images'] == 30
   assert os.path.isfile(data.imported_path(str(tmp_path / 'dd'), 'fashion_mnist', 'train'))
+
+
+def _import_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'pixelreg_jax.import_data', *args], cwd=ROOT, env=run_env(),
+                        capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(proc):
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-2000:]
+  return lines[0]
+
+
+def test_truncated_gz_is_one_line_and_writes_nothing(tmp_path):
+  write_mnist_dir(str(tmp_path / 'src'), n_train=60, n_test=20)
+  victim = tmp_path / 'src' / 'train-images-idx3-ubyte.gz'
+  raw = victim.read_bytes()
+  victim.write_bytes(raw[:len(raw) * 2 // 3])
+  out = _import_cli('--dataset=fashion_mnist', f'--source={tmp_path / "src"}', f'--data_dir={tmp_path / "dd"}')
+  line = _one_error_line(out)
+  assert str(victim) in line and 'damaged or truncated' in line
+  assert not (tmp_path / 'dd').exists()
+
+
+def test_corrupt_cifar_archive_is_one_line(tmp_path):
+  _cifar10_archive(tmp_path / 'cifar-10-python.tar.gz', np.random.default_rng(0))
+  raw = (tmp_path / 'cifar-10-python.tar.gz').read_bytes()
+  (tmp_path / 'cifar-10-python.tar.gz').write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(import_data.ImportError_, match='is damaged or not the official cifar10 files'):
+    import_data.import_dataset('cifar10', str(tmp_path), str(tmp_path / 'dd'))
+  assert not (tmp_path / 'dd').exists()
+
+
+@pytest.mark.parametrize('bad', ['labels', 'shape'])
+def test_source_with_bad_labels_or_shapes_is_refused_before_writing(tmp_path, bad):
+  """One split fine, the other bad: nothing is written (the import is all or nothing)."""
+  rng = np.random.default_rng(3)
+  x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  y = rng.integers(0, 1000, 6)
+  if bad == 'labels':
+    y[:2] = 0, 1000                   # 0-based (a 0 is there, so not taken as 1…1000): 1000 is out of range
+  else:
+    x = x[:, :30]
+  np.savez(tmp_path / 'first.npz', images=x, labels=y)
+  out = _import_cli('--dataset=imagenet32', f'--source={tmp_path / "first.npz"}', f'--data_dir={tmp_path / "dd"}')
+  line = _one_error_line(out)
+  assert {'labels': 'label(s) outside [0, 1000)', 'shape': 'images have shape (30, 32, 3)'}[bad] in line
+  assert not (tmp_path / 'dd').exists()
+
+
+def test_missing_required_flag_is_one_line():
+  assert '--source is required' in _one_error_line(_import_cli('--dataset=mnist'))
