@@ -127,14 +127,6 @@ def trained(tmp_path_factory):
 # The evaluation itself: tests/test_evaluate.py.
 
 
-def test_mean_sem_by_hand():
-  m, s = report.mean_sem(np.array([[0.5, 1.0], [0.7, 1.0], [0.9, 1.0]]))
-  np.testing.assert_allclose(m, [0.7, 1.0])
-  np.testing.assert_allclose(s, [0.2 / np.sqrt(3), 0.0])      # std(ddof=1) = 0.2
-  m1, s1 = report.mean_sem(np.array([[0.4, 0.6]]))
-  np.testing.assert_allclose(s1, [0, 0])
-
-
 def test_report_pools_seeds_and_writes_plot_and_table(tmp_path):
   def record(wd, alpha, acc):
     rec = {'workdir': str(wd), 'dataset': 'mnist', 'seeds': list(range(len(acc))), 'alpha': alpha,

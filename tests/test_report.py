@@ -1,0 +1,267 @@
+"""The report on hand-made robustness records: SEM over pooled seeds, the Boundary score, white-box
+PGD with the gradient-masking checks, corruptions with the mCE, figures, strict JSON. Every expected
+number is worked out by hand in the comments from the records below."""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pixelreg_jax import report
+from pixelreg_jax.attacks import masking
+
+LINF = {'norm': 'linf', 'steps': 10, 'restarts': 1, 'rel_step_size': 2.5, 'loss': 'ce', 'random_start': True}
+EPS = [0.0, 0.1, 0.2, 0.3]
+REG = 'regularized (α=4, Th=0.2, by mnist)'
+
+
+def _curve(levels, rows, settings=None):
+  e = {'levels': levels, 'accuracy': rows}
+  if settings:
+    e.update(settings=settings, num_images=100)
+  return e
+
+
+def _record(workdir, alpha, seeds, attacks, boundary, corruptions, clean):
+  rec = {'workdir': str(workdir), 'dataset': 'mnist', 'seeds': seeds, 'alpha': alpha, 'threshold': 0.2,
+         'reg_dataset': 'mnist', 'num_images': 100, 'num_classes': 10, 'clean_accuracy': clean,
+         'checkpoint': {'checkpoint_epoch': 3, 'best_epoch': [3] * len(seeds), 'fallback_reason': None},
+         'attacks': attacks, 'boundary': boundary, 'corruptions': corruptions}
+  return {k: v for k, v in rec.items() if v is not None}
+
+
+def _boundary(score, no_start, not_adversarial):
+  return {'protocol': 'release', 'steps': 50, 'repeats': 2, 'num_images': 50, 'bounds': [0.0, 1.0], 'score': score,
+          'median_per_repeat': [[s, s] for s in score], 'no_start': no_start, 'not_adversarial': not_adversarial,
+          'successful': [[50 - a - b for a, b in zip(n, m)] for n, m in zip(no_start, not_adversarial)]}
+
+
+def _corruptions(shot, stripe):
+  return {'variant': 'mnist_c', 'num_images': 100, 'severities': {'shot_noise': [1, 2], 'stripe': [1]},
+          'accuracy': {'shot_noise': shot, 'stripe': stripe}}
+
+
+def _records(tmp_path):
+  """Unregularized: run a (seeds 0, 1) + run b (seed 2); regularized: one run of 3 seeds.
+
+  Unregularized, per seed 0/1/2:
+    gaussian [0.9, 0.5] / [0.8, 0.4] / [0.7, 0.3]     -> mean [0.8, 0.4], SEM 0.1/√3 at both levels
+    pgd_linf        [0.9, 0.6|0.5|0.4, 0.2, 0.0]      -> all checks pass (0 at ε=0.3 ≤ chance 0.1)
+    pgd_linf_steps40 = pgd_linf − 0.1 at ε = 0.1, 0.2 (never above pgd_linf)
+    Boundary scores 0.01 / 0.02 / 0.03 -> 0.02 ± 0.01/√3; no start 1+0, 0+2, 1+1 = 5 and not adversarial
+      0+1, 0, 0 = 1 of 2 repeats × 50 images × 3 seeds = 300
+    shot_noise [0.8, 0.6] / [0.6, 0.4] / [0.7, 0.5]   -> errors per severity [0.3, 0.5], Σ 0.8
+    stripe [0.9] / [0.7] / [0.8]                      -> error 0.2;  clean 0.92 / 0.90 / 0.88 -> error 0.1
+  Regularized, every seed alike:
+    pgd_linf [0.9, 0.6, 0.4, 0.3]  -> pgd_reaches_chance FAILS (0.3 > 0.1)
+    pgd_linf_steps40 [0.9, 0.7, 0.5, 0.3]  -> more_steps FAILS (+0.1 > one image 0.01, SEM 0), and chance
+    shot_noise [0.9, 0.7] -> errors [0.1, 0.3], CE = 0.4/0.8 = 0.5;  stripe [0.6] -> CE = 0.4/0.2 = 2
+    mCE = 1.25;  clean 0.95 -> relative CE (0.05 + 0.25)/(0.2 + 0.4) = 0.5 and 0.35/0.1 = 3.5, mean 2
+  """
+  fgsm, uniform = [0.9, 0.8, 0.6, 0.4], [0.9] * 4
+  base_pgd = {0: [0.9, 0.6, 0.2, 0.0], 1: [0.9, 0.5, 0.2, 0.0], 2: [0.9, 0.4, 0.2, 0.0]}
+
+  def base_attacks(seeds):
+    return {'gaussian': _curve([0.0, 0.5], [[0.9 - 0.1 * s, 0.5 - 0.1 * s] for s in seeds]),
+            'fgsm': _curve(EPS, [fgsm] * len(seeds)), 'uniform': _curve(EPS, [uniform] * len(seeds)),
+            'pgd_linf': _curve(EPS, [base_pgd[s] for s in seeds], LINF),
+            'pgd_linf_steps40': _curve(EPS, [[0.9, base_pgd[s][1] - 0.1, 0.1, 0.0] for s in seeds],
+                                       dict(LINF, steps=40))}
+
+  dirs = []
+  for name, seeds, score, no_start, not_adv, shot, stripe, clean in [
+      ('a', [0, 1], [0.01, 0.02], [[1, 0], [0, 2]], [[0, 1], [0, 0]], [[0.8, 0.6], [0.6, 0.4]], [[0.9], [0.7]],
+       [0.92, 0.90]),
+      ('b', [2], [0.03], [[1, 1]], [[0, 0]], [[0.7, 0.5]], [[0.8]], [0.88])]:
+    dirs.append(_record(tmp_path / name, 0.0, seeds, base_attacks(seeds), _boundary(score, no_start, not_adv),
+                        _corruptions(shot, stripe), clean))
+  reg = {'gaussian': _curve([0.0, 0.5], [[0.9, 0.7]] * 3), 'fgsm': _curve(EPS, [fgsm] * 3),
+         'uniform': _curve(EPS, [uniform] * 3), 'pgd_linf': _curve(EPS, [[0.9, 0.6, 0.4, 0.3]] * 3, LINF),
+         'pgd_linf_steps40': _curve(EPS, [[0.9, 0.7, 0.5, 0.3]] * 3, dict(LINF, steps=40))}
+  dirs.append(_record(tmp_path / 'reg', 4.0, [0, 1, 2], reg, _boundary([0.04, 0.05, 0.06], [[0, 0]] * 3,
+                                                                       [[0, 0]] * 3),
+                      _corruptions([[0.9, 0.7]] * 3, [[0.6]] * 3), [0.95] * 3))
+  return dirs
+
+
+def _write(records):
+  out = []
+  for r in records:
+    d = r['workdir']
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, 'robustness.json'), 'w') as f:
+      json.dump(r, f)
+    out.append(d)
+  return out
+
+
+def _strict_load(path):
+  def refuse(constant):
+    raise ValueError(f'{path} is not strict JSON: {constant}')
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+@pytest.fixture(scope='module')
+def written(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('report')
+  dirs = _write(_records(tmp))
+  agg = report.write_report(dirs, str(tmp / 'out'), title='hand-made')
+  return tmp / 'out', agg
+
+
+def _masking_rows(md, label):
+  """{check: result cell} of the gradient-masking table of model ``label``, and its verdict line."""
+  section = md.split('## Gradient-masking checks')[1].split('\n## ')[0]
+  block = section.split(f'**{label}** (n=')[1].split('\n**')[0]
+  rows = {}
+  for line in block.splitlines():
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    if line.startswith('| `'):
+      rows[cells[0].strip('`')] = cells[1]
+  return rows, block.splitlines()[0]
+
+
+def test_seeds_of_a_models_runs_pool_into_mean_and_sem(written):
+  out, agg = written
+  base = agg['unregularized']
+  assert base['n'] == 3 and len(base['workdirs']) == 2
+  g = base['attacks']['gaussian']
+  assert g['mean'] == pytest.approx([0.8, 0.4]) and g['sem'] == pytest.approx([0.1 / math.sqrt(3)] * 2)
+  assert base['clean_accuracy']['mean'] == pytest.approx(0.9)
+  assert base['clean_accuracy']['sem'] == pytest.approx(0.02 / math.sqrt(3))
+  assert agg[REG]['attacks']['gaussian']['sem'] == pytest.approx([0.0, 0.0])
+  assert agg[REG]['attacks']['pgd_linf']['settings'] == LINF
+  md = (out / 'robustness.md').read_text()
+  assert '| unregularized | 3 | 0.800 ± 0.058 | 0.400 ± 0.058 |' in md
+
+
+def test_mean_sem_by_hand():
+  """The one mean_sem (attacks.masking) the report uses."""
+  m, s = masking.mean_sem(np.array([[0.5, 1.0], [0.7, 1.0], [0.9, 1.0]]))
+  np.testing.assert_allclose(m, [0.7, 1.0])
+  np.testing.assert_allclose(s, [0.2 / np.sqrt(3), 0.0])      # std(ddof=1) = 0.2
+  np.testing.assert_allclose(masking.mean_sem(np.array([[0.4, 0.6]]))[1], [0, 0])   # one sample: SEM 0
+  assert not hasattr(report, 'mean_sem')
+
+
+def test_boundary_score_is_the_seed_mean_with_its_exclusions(written):
+  out, agg = written
+  b = agg['unregularized']['boundary']
+  assert b['score']['mean'] == pytest.approx(0.02) and b['score']['sem'] == pytest.approx(0.01 / math.sqrt(3))
+  assert (b['protocol'], b['steps'], b['repeats'], b['num_images']) == ('release', 50, 2, 50)
+  assert (b['no_start'], b['not_adversarial'], b['attacked']) == (5, 1, 300)
+  assert b['no_start_per_seed'] == [1, 2, 2] and b['not_adversarial_per_seed'] == [1, 0, 0]
+  assert agg[REG]['boundary']['score']['mean'] == pytest.approx(0.05)
+  md = (out / 'robustness.md').read_text()
+  assert '| unregularized | 3 | 2.000e-02 ± 5.8e-03 | release | 50 | 50 × 2 | 5 of 300 | 1 of 300 |' in md
+
+
+def test_mean_corruption_error_against_the_unregularized_model(written):
+  out, agg = written
+  c = agg[REG]['corruptions']
+  assert c['accuracy']['shot_noise']['mean'] == pytest.approx(0.8)
+  assert c['accuracy']['shot_noise']['per_severity']['mean'] == pytest.approx([0.9, 0.7])
+  base = agg['unregularized']['corruptions']
+  assert base['accuracy']['shot_noise']['mean'] == pytest.approx(0.6)               # (0.7 + 0.5 + 0.6)/3
+  assert base['accuracy']['shot_noise']['sem'] == pytest.approx(0.1 / math.sqrt(3))
+  assert base['accuracy']['shot_noise']['per_severity']['mean'] == pytest.approx([0.7, 0.5])
+  e = c['errors']
+  assert e['baseline'] == 'unregularized'
+  assert e['ce'] == pytest.approx({'shot_noise': 0.5, 'stripe': 2.0}) and e['mce'] == pytest.approx(1.25)
+  assert e['relative_ce'] == pytest.approx({'shot_noise': 0.5, 'stripe': 3.5})
+  assert e['relative_mce'] == pytest.approx(2.0)
+  assert base['errors']['mce'] == pytest.approx(1.0)
+  md = (out / 'robustness.md').read_text()
+  assert '| **mCE** | **1.000** | **1.250** |' in md and '| **relative mCE** | 1.000 | 2.000 |' in md
+  assert '| shot noise | 1–2 | 0.600 ± 0.058 | 0.800 ± 0.000 |' in md
+  summary = _strict_load(out / 'summary.json')
+  assert summary[REG]['corruptions']['errors']['mce'] == pytest.approx(1.25)
+
+
+def test_failed_masking_checks_are_shown_as_failed(written):
+  out, agg = written
+  md = (out / 'robustness.md').read_text()
+  failing = {'pgd_reaches_chance[pgd_linf]', 'pgd_reaches_chance[pgd_linf_steps40]',
+             'more_steps[pgd_linf -> pgd_linf_steps40]'}
+  rows, verdict = _masking_rows(md, REG)
+  assert len(rows) == 9          # per L∞ variant: transfer, noise, chance, monotone; and more_steps
+  assert {c for c, r in rows.items() if r == '**FAILED**'} == failing
+  assert all(r == 'passed' for c, r in rows.items() if c not in failing)
+  assert '**3 of 9 checks FAILED**' in verdict
+  base_rows, base_verdict = _masking_rows(md, 'unregularized')
+  assert set(base_rows.values()) == {'passed'} and 'all 9 checks passed' in base_verdict
+  assert 'also passes in each of the 2 runs alone' in md
+  summary = _strict_load(out / 'summary.json')
+  assert {c['check'] for c in summary[REG]['gradient_masking_checks'] if not c['passed']} == failing
+
+
+def test_whitebox_tables_and_the_comparison_with_the_baseline(written):
+  out, agg = written
+  md = (out / 'robustness.md').read_text()
+  assert '**White-box PGD L∞ ε, 10 steps** (`pgd_linf`, 100 images)' in md
+  assert '**White-box PGD L∞ ε, 40 steps** (`pgd_linf_steps40`, 100 images)' in md
+  cmp = agg[REG]['whitebox_vs_baseline']
+  assert cmp['baseline'] == 'unregularized' and set(cmp['comparison']) == {'pgd_linf', 'pgd_linf_steps40'}
+  # pgd_linf at ε=0.1: 60 % vs 50 ± 10/√3 %: difference +10.0 ± 5.8, under 2 SEM (no star).
+  assert '| pgd_linf | 0.1 | 50.0 ± 5.8 | 60.0 ± 0.0 | +10.0 ± 5.8 |' in md
+  # ε=0.2: 40 % vs 20 % with no spread: +20.0 ± 0.0, significant.
+  assert '| pgd_linf | 0.2 | 20.0 ± 0.0 | 40.0 ± 0.0 | +20.0 ± 0.0 * |' in md
+  assert 'whitebox_vs_baseline' not in agg['unregularized']
+
+
+def test_figures_are_written(written):
+  out, _ = written
+  for name in ('robustness.png', 'robustness_whitebox.png', 'robustness_corruptions.png'):
+    png = (out / name).read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10000, name
+
+
+def test_undefined_score_is_null_and_stale_figures_go(written, tmp_path):
+  out, _ = written
+  shutil.copytree(out, tmp_path / 'out')
+  rec = _record(tmp_path / 'r', 0.0, [0, 1], {'gaussian': _curve([0.0, 0.5], [[0.9, 0.5], [0.8, 0.4]])},
+                _boundary([0.01, float('nan')], [[0, 0], [0, 0]], [[0, 0], [0, 0]]), None, [0.9, 0.8])
+  agg = report.write_report(_write([rec]), str(tmp_path / 'out'))
+  b = agg['unregularized']['boundary']
+  assert b['score'] == {'mean': None, 'sem': None} and b['seeds_without_score'] == 1
+  summary = _strict_load(tmp_path / 'out' / 'summary.json')
+  assert summary['unregularized']['boundary']['score_per_seed'] == [0.01, None]
+  assert not (tmp_path / 'out' / 'robustness_whitebox.png').exists()
+  assert not (tmp_path / 'out' / 'robustness_corruptions.png').exists()
+  assert (tmp_path / 'out' / 'robustness.png').stat().st_size > 10000
+  md = (tmp_path / 'out' / 'robustness.md').read_text()
+  assert '| unregularized | 2 | – | release |' in md and 'unregularized (1 of 2 seeds)' in md
+
+
+def test_old_boundary_records_are_refused_in_one_line(tmp_path):
+  rec = _record(tmp_path / 'old', 0.0, [0], {}, {'steps': 50, 'median_distance': [0.01], 'failed_starts': [0]},
+                None, [0.9])
+  with pytest.raises(report.ReportError) as e:
+    report.load_records(_write([rec]))
+  assert 'median_distance' in str(e.value) and 'evaluate' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_runs_evaluated_differently_are_not_pooled(tmp_path):
+  a, b = _records(tmp_path)[:2]
+  b['boundary']['protocol'] = 'strong'
+  with pytest.raises(report.ReportError, match='Boundary protocol'):
+    report.aggregate(report.load_records(_write([a, b])))
+  b['boundary']['protocol'] = 'release'
+  b['attacks']['pgd_linf']['settings'] = dict(LINF, restarts=2)
+  with pytest.raises(report.ReportError, match='settings of pgd_linf'):
+    report.aggregate([a, b])
+
+
+def test_baseline_choice(tmp_path):
+  a, b, reg = _records(tmp_path)
+  agg = report.aggregate([a, b, reg], labels=['base 1', 'base 2', 'reg'])     # two α=0 models: no baseline
+  assert not any(e.get('is_baseline') or 'errors' in e['corruptions'] for e in agg.values())
+  assert 'No baseline (2 models of α=0 runs)' in report.markdown_report(agg)
+  agg = report.aggregate([a, b, reg], labels=['base 1', 'base 2', 'reg'], baseline='base 2')
+  # Against seed 2 alone: shot noise errors [0.3, 0.5] again, stripe 0.2: the same CE as against the pool.
+  assert agg['reg']['corruptions']['errors']['mce'] == pytest.approx(1.25)
+  with pytest.raises(report.ReportError, match='--baseline'):
+    report.aggregate([a, b, reg], baseline='nobody')
