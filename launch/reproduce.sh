@@ -12,9 +12,11 @@
 #     (CORRUPTION_IMAGES images);
 #  4. the Fig. 1 analysis of both models; everything copied to docs/results/fashion_mnist/.
 #   bash launch/reproduce.sh                      (~2 h on 2 cores)
+#   SELECTED="4 0.8" bash launch/reproduce.sh     (skip stages 1-2: use this α and Th)
 # Env: OUT (runs/repro), DOCS (docs/results/fashion_mnist), SEEDS (7), GRID ("α:Th,…"), MAX_DROP (0.05),
-#      BOUNDARY_IMAGES (200), BOUNDARY_REPEATS (2), PGD_IMAGES (200), CORRUPTION_IMAGES (1000),
-#      EXTRA (config overrides for every run).
+#      SELECTED ("α Th": skip the grid), BOUNDARY_IMAGES (200), BOUNDARY_REPEATS (2),
+#      PGD (the PGD evaluators: pgd = every variant of attacks.whitebox.PGD_VARIANTS), PGD_IMAGES (200),
+#      CORRUPTION_IMAGES (1000), EXTRA (config overrides for every run).
 source "$(dirname "$0")/common.sh"
 ensure_fashion_mnist --or-imported || exit 1
 OUT="${OUT:-runs/repro}"
@@ -29,29 +31,34 @@ mkdir -p "$DOCS"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
-stamp "1/4 grid: $GRID (one population, seed 0)"
-python -m pixelreg_jax.main --config=$CONFIG --workdir="$OUT/grid" "${COMMON[@]}" --config.population="$GRID" \
-  | tail -n 1
-mapfile -t grid_dirs < <(python -c "import json; print('\n'.join(json.load(open('$OUT/grid/result.json'))['settings']))")
-for wd in "${grid_dirs[@]}"; do
-  [ -f "$wd/robustness_select.json" ] || python -m pixelreg_jax.evaluate --workdir="$wd" \
-    --attacks=gaussian,uniform,salt_pepper --first_image=8000 --num_images=2000 \
-    --output="$wd/robustness_select.json" | tail -n 1
-done
+if [ -n "${SELECTED:-}" ]; then
+  stamp "1-2/4 grid skipped: SELECTED=$SELECTED"
+  selected="$SELECTED"
+else
+  stamp "1/4 grid: $GRID (one population, seed 0)"
+  python -m pixelreg_jax.main --config=$CONFIG --workdir="$OUT/grid" "${COMMON[@]}" --config.population="$GRID" \
+    | tail -n 1
+  mapfile -t grid_dirs < <(python -c "import json; print('\n'.join(json.load(open('$OUT/grid/result.json'))['settings']))")
+  for wd in "${grid_dirs[@]}"; do
+    [ -f "$wd/robustness_select.json" ] || python -m pixelreg_jax.evaluate --workdir="$wd" \
+      --attacks=gaussian,uniform,salt_pepper --first_image=8000 --num_images=2000 \
+      --output="$wd/robustness_select.json" | tail -n 1
+  done
 
-stamp "2/4 selection"
-python -m pixelreg_jax.report --grid --workdirs="$(IFS=,; echo "${grid_dirs[*]}")" \
-  --robustness_file=robustness_select.json --max_accuracy_drop="${MAX_DROP:-0.05}" --out="$DOCS"
-selected=$(python -c "import json; s=json.load(open('$DOCS/grid.json'))['selected']; print(f\"{s['alpha']} {s['threshold']}\" if s else '')")
-if [ -z "$selected" ]; then
-  echo "error: no grid setting keeps clean accuracy within MAX_DROP=${MAX_DROP:-0.05} of α=0; see $DOCS/grid.md" >&2
-  exit 1
+  stamp "2/4 selection"
+  python -m pixelreg_jax.report --grid --workdirs="$(IFS=,; echo "${grid_dirs[*]}")" \
+    --robustness_file=robustness_select.json --max_accuracy_drop="${MAX_DROP:-0.05}" --out="$DOCS"
+  selected=$(python -c "import json; s=json.load(open('$DOCS/grid.json'))['selected']; print(f\"{s['alpha']} {s['threshold']}\" if s else '')")
+  if [ -z "$selected" ]; then
+    echo "error: no grid setting keeps clean accuracy within MAX_DROP=${MAX_DROP:-0.05} of α=0; see $DOCS/grid.md" >&2
+    exit 1
+  fi
 fi
 read -r ALPHA TH <<< "$selected"
 stamp "selected α=$ALPHA Th=$TH"
 
 stamp "3/4 $SEEDS seeds per model, every attack"
-SEEDS="$SEEDS" ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary,pgd,corruptions \
+SEEDS="$SEEDS" ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary,${PGD:-pgd},corruptions \
   EVAL_ARGS="--num_images=2000 --boundary_images=${BOUNDARY_IMAGES:-200} --boundary_repeats=${BOUNDARY_REPEATS:-2} --pgd_images=${PGD_IMAGES:-200} --corruption_images=${CORRUPTION_IMAGES:-1000}" \
   bash launch/seeds.sh $CONFIG "$OUT/seeds" "${COMMON[@]}" --config.reg.alpha="$ALPHA" --config.reg.threshold="$TH"
 

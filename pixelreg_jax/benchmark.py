@@ -198,7 +198,7 @@ def run_suite(config, out: str, tiny: bool = False, peak_tflops: float = 0.0) ->
   """``bench_suite.run`` at the paper's sizes, or at toy sizes with ``tiny``."""
   if not tiny:
     return bench_suite.run(config, out, bench_step, peak_tflops=peak_tflops, log=logging.info)
-  return bench_suite.run(tiny_suite_config(config), out, bench_step, seeds_list=(2,), steps=2, warmup=1, repeats=1,
+  return bench_suite.run(tiny_suite_config(config), out, bench_step, seeds_list=(1,), steps=1, warmup=1, repeats=1,
                          eval_seeds=2, eval_images=64, boundary_images=8, boundary_steps=3, eval_train_steps=3,
                          eval_batch_size=32, peak_tflops=peak_tflops, log=logging.info)
 

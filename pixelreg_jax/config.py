@@ -151,12 +151,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   from pixelreg_jax import regularizers  # pylint: disable=import-outside-toplevel  (imports this module)
   _check(r.name in regularizers.REGULARIZERS,
          f'config.reg.name={r.name!r} is unknown; choose one of {sorted(regularizers.REGULARIZERS)}')
-  where = 'config.population' if str(c.population).strip() else 'config.reg'
+  population = bool(str(c.population).strip())
+  alpha_name, th_name = ('config.population: α', 'config.population: Th') if population else \
+      ('config.reg.alpha', 'config.reg.threshold')
   pairs = settings(c)
   for alpha, th in pairs:
     _check(math.isfinite(alpha) and alpha >= 0,
-           f'{where}: alpha={alpha!r} must be a finite number ≥ 0 (0 turns the regularizer off)')
-    _check(math.isfinite(th) and 0 <= th < 1, f'{where}: threshold={th!r} must be in [0, 1) (0 = un-thresholded)')
+           f'{alpha_name}={alpha!r} must be a finite number ≥ 0 (0 turns the regularizer off)')
+    _check(math.isfinite(th) and 0 <= th < 1, f'{th_name}={th!r} must be in [0, 1) (0 = un-thresholded S^pixel)')
   _check(len(set(pairs)) == len(pairs), f'config.population={c.population!r} lists a setting twice')
   _check(isinstance(r.num_images, int) and 2 <= r.num_images <= 65535,
          f'config.reg.num_images={r.num_images!r} must be an integer in [2, 65535]')

@@ -136,28 +136,48 @@ def sweep(ctx: Context, correct_fn: Callable, key: jax.Array, images: Optional[n
 
   ``correct_fn(logits_fn, key, x, labels, mask, *per_image_batch, shared) -> correct counts``
   (any pytree, e.g. [L] per level) runs on one batch: x [B, H, W, C] in [0, 1] native size. The
-  program maps over batches (``lax.map``, batch i keyed by fold_in(key, i)) and over seeds with
-  ``train.seeded``: vmapped on accelerators, ``lax.map`` on CPUs. Images, per-image arrays and
+  program maps over batches (``lax.map``, batch i keyed by fold_in(key, i)) and vmaps over seeds
+  on accelerators; on CPUs (``seed_parallelism`` 'loop') the host loops over seeds and batches
+  around one compiled batch program (``_host_loop_sweep``). Images, per-image arrays and
   ``shared`` (e.g. the FGSM source's variables) are arguments, not constants of the program.
   """
   images = ctx.images if images is None else images
   labels = ctx.labels if labels is None else labels
   (xb, yb, *extras), mb = pipe.pad_to_batches(ctx.batch_size, images, labels, *per_image)
   run = ctx.run
+  extras = tuple(extras)
+
+  def one_batch(variables, i, x_u8, y, m, ex, shared):
+    return correct_fn(run.logits_fn(variables), jax.random.fold_in(key, i), run.model_input(x_u8), y, m, *ex, shared)
+
+  if train.seed_mode(run.config) != 'vmap':
+    return _host_loop_sweep(jax.jit(one_batch), run, xb, yb, mb, extras, shared)
 
   def one_model(variables, xb, yb, mb, extras, shared):
-    logits_fn = run.logits_fn(variables)
-
-    def batch(args):
-      i, x_u8, y, m, ex = args
-      return correct_fn(logits_fn, jax.random.fold_in(key, i), run.model_input(x_u8), y, m, *ex, shared)
-
-    correct = jax.lax.map(batch, (jnp.arange(xb.shape[0]), xb, yb, mb, tuple(extras)))
+    correct = jax.lax.map(lambda a: one_batch(variables, *a, shared), (jnp.arange(xb.shape[0]), xb, yb, mb, extras))
     return jax.tree.map(lambda c: c.sum(0) / mb.sum(), correct)
 
-  mode = 'vmap' if train.seed_mode(run.config) == 'vmap' else 'map'
-  fn = jax.jit(train.seeded(one_model, run.num_seeds, (0, None, None, None, None, None), mode))
-  return jax.device_get(fn(run.variables, xb, yb, mb, tuple(extras), shared))
+  fn = jax.jit(train.seeded(one_model, run.num_seeds, (0, None, None, None, None, None), 'vmap'))
+  return jax.device_get(fn(run.variables, xb, yb, mb, extras, shared))
+
+
+def _host_loop_sweep(batch_fn: Callable, run, xb, yb, mb, extras: tuple, shared: Any) -> Any:
+  """``sweep`` on CPUs: one compiled (model, batch) program, called for each seed and batch.
+
+  XLA:CPU runs backward convolutions inside a loop body (``lax.map`` / ``scan`` / ``while``)
+  20-35× slower than outside one (non-canonical layouts; jax-ml/jax#12868), which made FGSM and
+  PGD sweeps crawl; keeping the seed and batch loops on the host avoids it and gives the same keys
+  and sums as the one-program path.
+  """
+  per_seed = []
+  for k in range(run.num_seeds):
+    variables = run.seed_variables(k)
+    total = None
+    for i in range(xb.shape[0]):
+      c = batch_fn(variables, jnp.int32(i), xb[i], yb[i], mb[i], tuple(e[i] for e in extras), shared)
+      total = c if total is None else jax.tree.map(jnp.add, total, c)
+    per_seed.append(jax.tree.map(lambda c: c / mb.sum(), total))
+  return jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed))
 
 
 def _curve_log(ctx: Context, name: str, acc: np.ndarray, seconds: float) -> None:

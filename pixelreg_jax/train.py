@@ -152,7 +152,7 @@ def train_step(state: TrainState, batch: dict, *, alpha, eps: float = 1e-5,
     batch: {'image': [B,S,S,C], 'label': [B]}, and when regularizing {'reg_a', 'reg_b':
       [P,S,S,C], 'target': [P]} (``regularizers.pair_batch``).
     alpha: regularization strength: a number, or a traced scalar (a population member).
-      Without pairs in the batch (α = 0 for every member) no similarity pass is traced.
+      Without pairs in the batch, or with the number 0, no similarity pass is traced (exact CE).
     eps: ε of the similarity loss.
     fused: one network pass over all images of the step (``forward``).
 
@@ -160,7 +160,8 @@ def train_step(state: TrainState, batch: dict, *, alpha, eps: float = 1e-5,
     (new state, metrics {'loss', 'ce_loss', 'accuracy'} and when regularizing {'sim_loss',
     'model_sim_mean'}, as scalars).
   """
-  regularize = 'reg_a' in batch
+  static_zero = isinstance(alpha, (int, float)) and alpha == 0
+  regularize = 'reg_a' in batch and not static_zero
   active = jnp.asarray(alpha) > 0 if regularize else False
 
   def loss_fn(params):

@@ -5,12 +5,32 @@ sys.path tricks: the tests and the subprocesses they start see the same package.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
+# One persistent XLA compilation cache for the whole session, shared with the subprocesses the
+# tests start (they inherit the environment): the many tests that build the same tiny programs
+# compile each once (a first train step: 25 s cold, 6.5 s from the cache, on 2 cores). A fresh
+# directory per session, removed at exit; set before JAX is imported.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='pixelreg-jax-test-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+# XLA:CPU's cheap backend passes: the tests' tiny programs compile about twice as fast (a first
+# train step: 24 s → 13 s) and run a little slower, which they do not notice. Numerics are
+# IEEE float32 either way; results are compared with tolerances or between runs of one setting.
+_CHEAP = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _CHEAP).strip()
 
-from pixelreg_jax import config as config_lib
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pixelreg_jax import config as config_lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +76,7 @@ def synthetic_host_data(n_train=64, n_test=32, shape=(28, 28, 1), num_classes=10
 
   train_x, train_y = make(n_train)
   test_x, test_y = make(n_test)
-  return {'train_x': train_x, 'train_y': train_y, 'test_x': test_x, 'test_y': test_y, 'reg_x': train_x}
+  return {'train_x': train_x, 'train_y': train_y, 'test_x': test_x, 'test_y': test_y}
 
 
 @pytest.fixture

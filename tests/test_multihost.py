@@ -21,6 +21,7 @@ def _cmd(workdir, data_dir):
                                                               'optim.learning_rate': 0.02})
 
 
+@pytest.mark.slow  # ~70 s on 2 cores; the 8-device mesh test in test_parallel.py covers the sharded step
 def test_two_processes_train_like_one(tmp_path):
   data_dir = tmp_path / 'data'
   write_imported_dataset(data_dir, n_train=160, n_test=48)
@@ -28,7 +29,8 @@ def test_two_processes_train_like_one(tmp_path):
   procs = []
   for pid in range(2):
     env = run_env()
-    env.update(XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+    env.update(XLA_FLAGS=env.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2',
+               JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
                JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid))
     procs.append(subprocess.Popen(_cmd(tmp_path / 'multi', data_dir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
@@ -43,7 +45,7 @@ def test_two_processes_train_like_one(tmp_path):
   assert sorted(p.name for p in (tmp_path / 'multi' / 'checkpoints').iterdir() if p.name.isdigit()) == ['0', '1']
 
   env = run_env()
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
   single = subprocess.run(_cmd(tmp_path / 'single', data_dir), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]

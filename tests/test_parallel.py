@@ -18,7 +18,7 @@ STABLE = ['reg.alpha=1.0', 'reg.threshold=0.8', 'optim.learning_rate=0.02', 'bat
 
 def _run(tmp_path, devices, steps, extra=(), name='out'):
   env = run_env()
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
   out = tmp_path / f'{name}.npz'
   proc = subprocess.run([sys.executable, '-m', 'helpers.parallel_run', str(devices), str(steps), str(out)] + STABLE +
                         list(extra), cwd=TESTS, env=env, capture_output=True, text=True, timeout=600)
@@ -112,7 +112,8 @@ def _steps(trainer, n):
   return jax.device_get(st)
 
 
-@pytest.mark.parametrize('mode', ['vmap', 'loop'])
+# 'loop' is slow here and also covered by test_population.
+@pytest.mark.parametrize('mode', ['vmap', pytest.param('loop', marks=pytest.mark.slow)])
 def test_stacked_seeds_equal_single_runs(mode):
   host = synthetic_host_data(n_train=96, n_test=32)
   overrides = {'reg.alpha': 1.0, 'reg.threshold': 0.8, 'optim.learning_rate': 0.02, 'seed_parallelism': mode}

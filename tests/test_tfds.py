@@ -5,7 +5,7 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from conftest import tiny_config  # noqa: E402
-from pixelreg_jax import data, tfds_source, train  # noqa: E402
+from pixelreg_jax import data, regularizers, tfds_source, train  # noqa: E402
 from pixelreg_jax import input_pipeline as pipe  # noqa: E402
 
 CASES = [('mnist', (28, 28, 1), 10), ('fashion_mnist', (28, 28, 1), 10), ('cifar10', (32, 32, 3), 10),
@@ -47,7 +47,7 @@ def test_training_on_tfds_data_with_a_different_reg_source(tmp_path, mock_tfds):
   c.reg.dataset = 'imagenet32'
   c.reg.num_images = 20
   host = train.load_data(c)
-  assert host['reg_x'].shape == (20, 32, 32, 3)
+  assert host['reg']['images'].shape == (20, 32, 32, 3)
   result = train.Trainer(c, None, host).fit(log=lambda s: None)
   assert np.isfinite(result['test_loss'])
 
@@ -58,10 +58,11 @@ def test_imagenet2012_is_reduced_like_the_release_and_fed_at_its_size(tmp_path, 
   c = tiny_config(num_epochs=1, data_dir=str(tmp_path), download=True, batch_size=4)
   c.reg.dataset, c.reg.num_images, c.reg.keep_size = 'imagenet2012', 12, True
   host = train.load_data(c)
-  assert host['reg_x'].shape == (12, 36, 64, 1)
+  assert host['reg']['images'].shape == (12, 36, 64, 1)
   trainer = train.Trainer(c, None, host)
-  assert trainer.data.targets.shape == (12, 12)
-  batch = pipe.train_batch(trainer.data, trainer.train_indices_dev[0], 0, 0,
-                           {'augment': trainer.keys.augment[0], 'pairs': trainer.keys.pairs[0]}, trainer.spec)
-  assert batch['image'].shape == (4, 28, 28, 1) and batch['reg_a'].shape == (4, 36, 64, 1)   # native sizes
+  assert trainer.data.reg.matrix.shape == (12, 12)
+  batch = pipe.train_batch(trainer.data, trainer.train_indices_dev[0], 0, 0, trainer.keys.augment[0], trainer.spec)
+  pairs = regularizers.pair_batch(trainer.data.reg, trainer.keys.pairs[0], 0, 0.8, trainer.spec)
+  assert batch['image'].shape == (4, 28, 28, 1) and pairs['reg_a'].shape == (4, 36, 64, 1)   # native sizes
+  # The classification and the 36×64 pair images differ in size: the step runs the three passes.
   assert np.isfinite(trainer.fit(log=lambda s: None)['test_loss'])

@@ -91,7 +91,7 @@ def test_regularized_steps_move_model_similarities_toward_targets(host_data):
 
   s0 = model_sim(state)
   step = jax.jit(lambda s, b: train.train_step(s, b, alpha=10.0))
-  for _ in range(10):
+  for _ in range(15):   # 28×28 inputs (the release's size) move a little slower than 32×32 did in 10
     state, _ = step(state, batch)
   s1 = model_sim(state)
   t = batch['target']
@@ -160,7 +160,7 @@ def test_split_indices_disjoint_deterministic_and_subset():
     ('batch_size', 0, 'batch_size'),
     ('image_size', 20, 'image_size'),
     ('population', '1:0.5,abc', 'population'),
-    ('population', '1:0.5,2:1.5', 'threshold'),
+    ('population', '1:0.5,2:1.5', 'population: Th'),
     ('population', '1:0.5,1:0.5', 'twice'),
     ('reg.name', 'nope', 'reg.name'),
 ])
