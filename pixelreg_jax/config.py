@@ -34,7 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   # e.g. '0:0,4:0.8,10:0.8'; each setting also gets its own run directory <workdir>/a<α>_th<Th>/.
   # '' = the one setting reg.alpha:reg.threshold.
   c.population = ''
-  c.fused_pass = True           # One network pass over the classification and pair images (models.BatchNorm).
+  # True: one network pass over the classification and pair images (per-group models.BatchNorm);
+  # False: the release's three passes. Equal results (tests/test_fused.py); on 2 CPU cores the three
+  # passes are 1.2-1.25x faster (benchmark, README "Performance"); GPUs: bench_suite measures both.
+  c.fused_pass = False
   c.batch_size = 64             # Classification batch (global, over all devices).
   c.eval_batch_size = 500
   c.num_epochs = 20
