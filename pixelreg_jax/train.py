@@ -734,7 +734,11 @@ class Trainer:
 
 
 # Fields that may differ when a run directory is resumed (they do not change the trajectory).
-RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'tensorboard', 'eval_batch_size', 'data_dir', 'download')
+# Fields a resumed run may change: bookkeeping, and how (not what) the step computes (the fused and
+# the three-pass step, vmapped and looped members give equal results; tests/test_fused.py,
+# tests/test_parallel.py), so a run started before a default changed still resumes.
+RESUMABLE_CHANGES = ('num_epochs', 'log_every_steps', 'tensorboard', 'eval_batch_size', 'data_dir', 'download',
+                     'fused_pass', 'seed_parallelism')
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
