@@ -198,9 +198,8 @@ def seeded(fn: Callable, num_members: int, in_axes, mode: str = 'vmap') -> Calla
   ``mode='vmap'`` batches the members (convolutions become grouped convolutions: fills a GPU);
   ``mode='loop'`` runs them one after another inside the same program (unrolled: compile time
   grows with M; on CPUs this is ~2.7× faster than vmap, whose grouped convolutions XLA:CPU runs
-  slowly, while a ``lax.map`` loop was slower still for training); ``mode='map'`` is that
-  ``lax.map`` loop (one copy of the program: evaluation uses it on CPUs, where long attack
-  programs would compile M times). For one member the axis is squeezed.
+  slowly, and faster than a ``lax.map`` loop, whose body's gradient convolutions XLA:CPU runs
+  20-35× slower, jax-ml/jax#12868). For one member the axis is squeezed.
   """
   if num_members == 1:
     def single(*args):
@@ -209,13 +208,6 @@ def seeded(fn: Callable, num_members: int, in_axes, mode: str = 'vmap') -> Calla
     return single
   if mode == 'vmap':
     return jax.vmap(fn, in_axes=in_axes)
-  if mode == 'map':
-    def mapped(*args):
-      def body(stacked):
-        it = iter(stacked)
-        return fn(*[next(it) if ax is not None else a for a, ax in zip(args, in_axes)])
-      return jax.lax.map(body, [a for a, ax in zip(args, in_axes) if ax is not None])
-    return mapped
 
   def looped(*args):
     outs = [fn(*[a if ax is None else jax.tree.map(lambda x, k=k: x[k], a) for a, ax in zip(args, in_axes)])

@@ -262,7 +262,8 @@ def correct_under_pgd(logits_fn: Callable[[Array], Array], key: Array, x: Array,
     lo, hi: valid pixel range (scalars or [B, 1, 1, 1]).
     cfg: ``PgdConfig`` (static).
     mask: [B] weights of real (1) and padding (0) images.
-    sequential_levels: ``lax.map`` over the levels instead of ``vmap``.
+    sequential_levels: ``lax.map`` over the levels instead of ``vmap`` (bounds memory on an
+      accelerator; on CPUs a loop around gradients is slow, see ``unroll_loops``).
     unroll: passed to ``pgd``.
   """
   mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask
