@@ -7,8 +7,10 @@
 ``run`` is absl's ``app.run`` with one way to fail: a bad flag, a bad config file, a user error
 (any ``UserError``, the project's ``ConfigError``, or an ``OSError`` such as a full disk) and a
 usage error each print one line ``error: <message>`` on stderr and exit with status 2; Ctrl-C
-prints ``error: interrupted`` and exits with 130 (128 + SIGINT, as shells do). Anything else is
-a bug and keeps its traceback. With ``--verbosity=1`` the traceback of a user error is logged too.
+prints ``error: interrupted`` and exits with 130 (128 + SIGINT, as shells do), wherever it lands
+(one that Python drops inside a garbage-collector callback is delivered again) and without the
+interpreter's teardown, which an interrupted XLA compilation can crash. Anything else is a bug and
+keeps its traceback. With ``--verbosity=1`` the traceback of a user error is logged too.
 
 Logging: progress goes through absl logging (``logging.info``) to stderr, so stdout carries only
 the final one-line JSON result. Unless ``--verbosity`` is given, INFO lines are shown from this
@@ -24,7 +26,9 @@ import contextlib
 import logging as std_logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 from absl import app, flags, logging
@@ -238,7 +242,70 @@ def run(main: Callable[[list[str]], Any]) -> None:
       except app.UsageError as e:
         fail(str(e))
 
+  redeliver_lost_interrupts()
   try:
-    app.run(wrapped, flags_parser=parse_flags)
-  except KeyboardInterrupt:   # during start-up or shutdown, outside main
-    fail('interrupted (Ctrl-C)', EXIT_INTERRUPTED)
+    try:
+      app.run(wrapped, flags_parser=parse_flags)
+    except KeyboardInterrupt:   # during start-up or shutdown, outside main
+      fail('interrupted (Ctrl-C)', EXIT_INTERRUPTED)
+  except SystemExit as e:
+    if e.code == EXIT_INTERRUPTED:
+      exit_at_once(EXIT_INTERRUPTED)
+    raise
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C, delivered once and exited cleanly.
+# ---------------------------------------------------------------------------------------
+
+def _interrupt_again(unraisable, previous_hook=None) -> None:
+  """``sys.unraisablehook``: a ``KeyboardInterrupt`` raised where Python can only print and drop
+  it (a garbage-collector callback such as JAX's ``_xla_gc_callback``, a ``__del__``, a weakref
+  callback) is not dropped: SIGINT is raised again, to be handled at the main thread's next
+  bytecode, until it lands where it propagates. Anything else goes to ``previous_hook``.
+
+  The signal is sent from a helper thread a moment later: sent from here, Python would run the
+  handler at once, inside this hook, where the exception is dropped again."""
+  if issubclass(unraisable.exc_type, KeyboardInterrupt):
+    try:
+      _sigint_soon()
+    except KeyboardInterrupt:   # a second Ctrl-C inside the hook
+      _sigint_soon()
+    return
+  (previous_hook or sys.__unraisablehook__)(unraisable)
+
+
+def _sigint_soon(delay_s: float = 0.05) -> None:
+  timer = threading.Timer(delay_s, os.kill, (os.getpid(), signal.SIGINT))
+  timer.daemon = True
+  timer.start()
+
+
+def redeliver_lost_interrupts() -> None:
+  """Installs ``_interrupt_again`` as ``sys.unraisablehook`` (once). Without it a Ctrl-C that
+  arrives while the garbage collector runs a callback is printed as "Exception ignored" and the
+  run goes on to the end as if never interrupted."""
+  hook = sys.unraisablehook
+  if getattr(hook, '_pixelreg_redeliver', False):
+    return
+  def redeliver(unraisable):
+    _interrupt_again(unraisable, hook)
+  redeliver._pixelreg_redeliver = True  # pylint: disable=protected-access
+  sys.unraisablehook = redeliver
+
+
+def exit_at_once(status: int) -> None:
+  """Flushes the standard streams and the logging handlers, then ends the process with
+  ``status`` without the interpreter's teardown.
+
+  Used after Ctrl-C, once every ``with``/``finally`` of the run (checkpoint writes, the workdir
+  lock) has completed: a ``KeyboardInterrupt`` raised inside JAX's lowering of a computation
+  leaves XLA/MLIR objects that crash the teardown (SIGSEGV, exit -11) after the one-line error.
+  """
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  std_logging.shutdown()
+  os._exit(status)  # pylint: disable=protected-access

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +93,61 @@ def test_one_line_errors_exit_status_and_interrupt(capsys):
   assert e.value.code == 2 and capsys.readouterr().err == 'error: /nonexistent-dir/x: No such file or directory\n'
   with pytest.raises(ZeroDivisionError), cli.one_line_errors():   # a bug keeps its traceback
     1 / 0
+
+
+_CTRL_C_IN_GC_CALLBACK = textwrap.dedent('''
+    import gc, os, signal, time
+    from pixelreg_jax import cli
+
+    def main(argv):
+      def callback(phase, info):   # Ctrl-C arrives while the collector runs a callback
+        if phase == 'start' and not fired:
+          fired.append(1)
+          os.kill(os.getpid(), signal.SIGINT)
+      fired = []
+      gc.callbacks.append(callback)
+      gc.collect()
+      time.sleep(20)
+      print('finished as if never interrupted', flush=True)
+
+    cli.run(main)
+''')
+
+
+def test_ctrl_c_dropped_by_a_gc_callback_still_interrupts(tmp_path):
+  """A KeyboardInterrupt raised inside a garbage-collector callback (as JAX's _xla_gc_callback)
+  is printed by Python as "Exception ignored" and dropped; cli.run delivers it again, so the run
+  stops with the one-line error instead of going on to the end (a CI failure, 2026-11-26)."""
+  script = tmp_path / 'gc_interrupt.py'
+  script.write_text(_CTRL_C_IN_GC_CALLBACK)
+  start = time.time()
+  out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                       timeout=60)
+  assert out.returncode == 130, (out.returncode, out.stdout, out.stderr)
+  assert 'finished' not in out.stdout and 'Exception ignored' not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines() == ['error: interrupted (Ctrl-C)']
+  assert time.time() - start < 15
+
+
+def test_ctrl_c_exit_skips_the_interpreter_teardown(tmp_path):
+  """After Ctrl-C the process ends with os._exit once the run's own cleanup is done: an
+  interrupted XLA lowering can crash Python's teardown (SIGSEGV after the error line). The run's
+  ``finally`` blocks still run; atexit hooks (the teardown) do not."""
+  script = tmp_path / 'exit.py'
+  script.write_text(textwrap.dedent('''
+      import atexit
+      from pixelreg_jax import cli
+      atexit.register(lambda: print('teardown ran', flush=True))
+      def main(argv):
+        try:
+          raise KeyboardInterrupt
+        finally:
+          print('cleanup ran', flush=True)
+      cli.run(main)
+  '''))
+  out = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                       timeout=60)
+  assert (out.returncode, out.stdout, out.stderr) == (130, 'cleanup ran\n', 'error: interrupted (Ctrl-C)\n')
 
 
 def test_cli_stays_light():
