@@ -43,7 +43,9 @@ def _main(wd, data_dir, *extra, **overrides):
 def _wait_for(predicate, proc, timeout=300):
   deadline = time.time() + timeout
   while not predicate():
-    assert proc.poll() is None, f'the run ended early (exit {proc.returncode}): {proc.stderr.read()[-3000:] if proc.stderr else ""}'
+    if proc.poll() is not None:
+      err = proc.stderr.read()[-3000:] if proc.stderr else ''
+      raise AssertionError(f'the run ended early (exit {proc.returncode}): {err}')
     assert time.time() < deadline, 'timed out'
     time.sleep(0.05)
 
