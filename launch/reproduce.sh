@@ -24,7 +24,7 @@ DOCS="${DOCS:-docs/results/fashion_mnist}"
 SEEDS="${SEEDS:-7}"
 GRID="${GRID:-0:0.8,1:0.8,4:0.8,10:0.8,1:0.4,4:0.4,1:0.2,4:0.2}"
 CONFIG=configs/fashion_mnist.py
-COMMON=(--config.reg.num_images=5000)      # the paper's N; the rest is the demo's narrow setting
+COMMON=(--config.reg.num_images=5000 --config.train_subset=20000)   # the paper's N, 20 000 images; the rest is the demo's narrow setting
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"      # more overrides (e.g. a quick smoke run)
 COMMON+=("${EXTRA_ARGS[@]}")
 mkdir -p "$DOCS"
