@@ -14,7 +14,7 @@
 #   bash launch/reproduce.sh                      (~2 h on 2 cores)
 #   SELECTED="4 0.8" bash launch/reproduce.sh     (skip stages 1-2: use this α and Th)
 # Env: OUT (runs/repro), DOCS (docs/results/fashion_mnist), SEEDS (7), GRID ("α:Th,…"), MAX_DROP (0.05),
-#      SELECTED ("α Th": skip the grid), BOUNDARY_IMAGES (200), BOUNDARY_REPEATS (2),
+#      SELECTED ("α Th": skip the grid), GRID_ONLY (1: stop after stages 1-2), BOUNDARY_IMAGES (200), BOUNDARY_REPEATS (2),
 #      PGD (the PGD evaluators: pgd = every variant of attacks.whitebox.PGD_VARIANTS), PGD_IMAGES (200),
 #      CORRUPTION_IMAGES (1000), EXTRA (config overrides for every run).
 source "$(dirname "$0")/common.sh"
@@ -56,6 +56,10 @@ else
 fi
 read -r ALPHA TH <<< "$selected"
 stamp "selected α=$ALPHA Th=$TH"
+if [ -n "${GRID_ONLY:-}" ]; then
+  stamp "GRID_ONLY: stopping after the selection ($DOCS/grid.md)"
+  exit 0
+fi
 
 stamp "3/4 $SEEDS seeds per model, every attack"
 SEEDS="$SEEDS" ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary,${PGD:-pgd},corruptions \
