@@ -449,9 +449,17 @@ def _colors(plt, agg: dict) -> dict[str, str]:
 
 
 def _short_labels(labels: Sequence[str]) -> list[str]:
-  """Tick labels: each label's first word ('regularized'), numbered where two would be equal."""
+  """Tick labels: each label's first word ('regularized'); where two would be equal, the first
+  word and the settings in the label's parentheses ('regularized\nα=4, Th=0.8'), else numbered."""
   words = [label.split(' (')[0].split()[0] if label.strip() else '?' for label in labels]
-  return [w if words.count(w) == 1 else f'{w} {i + 1}' for i, w in enumerate(words)]
+
+  def settings(label: str) -> str:
+    inside = label.split(' (', 1)[1].rsplit(')', 1)[0] if ' (' in label else ''
+    return ', '.join(p for p in inside.split(', ') if not p.startswith('by '))
+
+  longer = [w if words.count(w) == 1 else f'{w}\n{settings(label)}' if settings(label) else w
+            for w, label in zip(words, labels)]
+  return [s if longer.count(s) == 1 else f'{s} {i + 1}' for i, s in enumerate(longer)]
 
 
 def _curve_panel(ax, agg: dict, name: str, colors: dict[str, str], xlabel: str) -> None:

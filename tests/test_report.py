@@ -265,3 +265,15 @@ def test_baseline_choice(tmp_path):
   assert agg['reg']['corruptions']['errors']['mce'] == pytest.approx(1.25)
   with pytest.raises(report.ReportError, match='--baseline'):
     report.aggregate([a, b, reg], baseline='nobody')
+
+
+def test_bar_tick_labels_tell_models_with_the_same_first_word_apart():
+  """The Boundary bars are labelled by each model's first word; two regularized models show their
+  settings (not 'regularized 2' and 'regularized 3'), and numbers only where those agree too."""
+  _short_labels = report._short_labels  # pylint: disable=protected-access
+  assert _short_labels(['unregularized', 'regularized (α=4, Th=0.8, by fashion_mnist)',
+                        'regularized (α=1, Th=0.8, by fashion_mnist)']) \
+      == ['unregularized', 'regularized\nα=4, Th=0.8', 'regularized\nα=1, Th=0.8']
+  assert _short_labels(['unregularized', 'regularized (α=4, Th=0.8, by mnist)']) == ['unregularized', 'regularized']
+  assert _short_labels(['regularized (α=4, Th=0.8, by a)', 'regularized (α=4, Th=0.8, by b)']) \
+      == ['regularized\nα=4, Th=0.8 1', 'regularized\nα=4, Th=0.8 2']
