@@ -78,6 +78,12 @@ def maybe_initialize_distributed() -> bool:
   process count and rank; without a launcher they come from ``JAX_NUM_PROCESSES`` and
   ``JAX_PROCESS_ID``, which JAX itself does not read. Under SLURM and Open MPI, JAX gives each
   process one GPU (its local rank): launch one task per GPU.
+
+  JAX's preemption service is turned off: it catches SIGTERM and only tells programs that poll
+  ``multihost_utils.reached_preemption_sync_point``, which this one does not, so a
+  ``kill``/``scancel`` was ignored and the run went on (measured: a process slept through SIGTERM
+  and exited 0). Without it SIGTERM ends the process as it ends a single-process run; re-running
+  resumes from the last epoch's checkpoint.
   """
   explicit = bool(os.environ.get('JAX_COORDINATOR_ADDRESS'))
   launched = any((_env_int(v) or 1) > 1 for v in _LAUNCHER_PROCESS_COUNTS)
@@ -87,5 +93,6 @@ def maybe_initialize_distributed() -> bool:
   if not launched and (num_processes is None or process_id is None):
     raise ConfigError('JAX_COORDINATOR_ADDRESS is set: set JAX_NUM_PROCESSES and JAX_PROCESS_ID too '
                       '(or start the processes with SLURM or Open MPI)')
+  jax.config.update('jax_enable_preemption_service', False)
   jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
   return True

@@ -1,8 +1,11 @@
 """Two processes on loopback (jax.distributed, gloo) train one model together through the CLI."""
 import json
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
+import time
 
 import pytest
 
@@ -54,3 +57,40 @@ def test_two_processes_train_like_one(tmp_path):
   # order (6 steps: this loss amplifies float reordering over many steps).
   assert result['test_loss'] == pytest.approx(ref['test_loss'], rel=1e-3)
   assert abs(result['test_accuracy'] - ref['test_accuracy']) <= 1 / 48 + 1e-9
+
+
+_WAIT_JOINED = textwrap.dedent('''
+    import time
+    from pixelreg_jax import parallel
+    assert parallel.maybe_initialize_distributed()
+    print('joined', flush=True)
+    time.sleep(60)
+    print('slept through', flush=True)
+''')
+
+
+def test_sigterm_ends_a_process_of_a_multi_process_run(tmp_path):
+  """jax.distributed's preemption service would catch SIGTERM and let the process sleep through
+  it (exit 0 after the sleep); with it off (parallel.maybe_initialize_distributed), SIGTERM ends
+  the process at once, as in a single-process run."""
+  script = tmp_path / 'joined.py'
+  script.write_text(_WAIT_JOINED)
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    env = run_env()
+    env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid))
+    procs.append(subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True))
+  try:
+    for p in procs:
+      assert p.stdout.readline().strip() == 'joined'
+    start = time.time()
+    procs[1].send_signal(signal.SIGTERM)
+    out, _ = procs[1].communicate(timeout=30)
+    assert procs[1].returncode == -signal.SIGTERM and 'slept through' not in out
+    assert time.time() - start < 20
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
