@@ -25,6 +25,7 @@ from scipy import stats
 from pixelreg_jax import cli, runs, similarity
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
+from pixelreg_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -51,9 +52,9 @@ def memory_bytes(n: int) -> int:
 def check_num_images(n: int) -> None:
   """Raises ConfigError unless 2 ≤ n ≤ MAX_IMAGES, saying how much memory n would need."""
   if n < 2:
-    raise config_lib.ConfigError(f'--num_images={n}: at least 2 images are needed for a pair')
+    raise ConfigError(f'--num_images={n}: at least 2 images are needed for a pair')
   if n > MAX_IMAGES:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f'--num_images={n} would need about {memory_bytes(n) / 2**30:.0f} GiB for its N×N similarity matrices; '
         f'use at most {MAX_IMAGES} (about {memory_bytes(MAX_IMAGES) / 2**30:.0f} GiB)')
 

@@ -48,14 +48,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from pixelreg_jax.cli import UserError
+from pixelreg_jax.errors import CheckpointError
 
 FORMAT = 2   # meta['format']: 2 = per-item CRC-32 in meta['checksums']; absent = legacy [Σx, Σx²].
 ITEMS = ('state', 'best')
-
-
-class CheckpointError(UserError, RuntimeError):
-  """No usable checkpoint where one is required, an incompatible checkpoint, or a failed save."""
 
 
 def state_tree(state) -> dict:

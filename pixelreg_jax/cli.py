@@ -5,7 +5,7 @@
       cli.run(main)
 
 ``run`` is absl's ``app.run`` with one way to fail: a bad flag, a bad config file, a user error
-(any ``UserError``, the project's ``ConfigError``, or an ``OSError`` such as a full disk) and a
+(any ``errors.UserError``, or an ``OSError`` such as a full disk) and a
 usage error each print one line ``error: <message>`` on stderr and exit with status 2; Ctrl-C
 prints ``error: interrupted`` and exits with 130 (128 + SIGINT, as shells do), wherever it lands
 (one that Python drops inside a garbage-collector callback is delivered again) and without the
@@ -33,36 +33,16 @@ from typing import Any, Callable
 
 from absl import app, flags, logging
 
+from pixelreg_jax.errors import UserError
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class UserError(Exception):
-  """An error the user can fix (bad input, data, files, flags); entry points print it as one line.
-
-  The project's specific errors derive from it: ``data.DataUnavailableError``, ``data.DataError``,
-  ``checkpoint.CheckpointError``, ``import_data.ImportError_``, ``report.ReportError``.
-  """
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-  """The exception types printed as one line. ``config.ConfigError`` is looked up only if its
-  module is loaded (an exception of a class whose module was never imported cannot be raised),
-  so this module never imports the heavy config module."""
-  types: tuple[type[BaseException], ...] = (UserError, OSError)
-  config = sys.modules.get('pixelreg_jax.config')
-  if config is not None and not issubclass(config.ConfigError, UserError):
-    types += (config.ConfigError,)
-  return types
-
-
-def __getattr__(name: str) -> Any:
-  """``cli.ConfigError`` (used by evaluate) without importing config at import time."""
-  if name == 'ConfigError':
-    from pixelreg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
-    return ConfigError
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+# The exception types printed as one line: every ``errors.UserError`` and the operating system's
+# errors (a full disk, a missing file).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 
 
 def one_line(message: str, limit: int = 400) -> str:
@@ -97,7 +77,7 @@ def one_line_errors():
   except KeyboardInterrupt:
     fail('interrupted (Ctrl-C)', EXIT_INTERRUPTED)
   except Exception as e:  # pylint: disable=broad-except
-    if not isinstance(e, user_errors()):
+    if not isinstance(e, USER_ERRORS):
       raise
     logging.debug('user error', exc_info=True)
     fail(describe(e))

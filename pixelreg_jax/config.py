@@ -10,12 +10,8 @@ import math
 
 import ml_collections
 
-from pixelreg_jax import data, models, similarity
-from pixelreg_jax.cli import UserError
-
-
-class ConfigError(UserError, ValueError):
-  """An invalid configuration value."""
+from pixelreg_jax import data, models, regularizers, similarity
+from pixelreg_jax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -80,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def input_size(c: ml_collections.ConfigDict) -> int:
   """The network's input size: ``image_size``, or the classified dataset's own size when 0."""
-  return c.image_size or data.DATASETS[c.dataset].image_shape[0]
+  return data.input_size(c.dataset, c.image_size)
 
 
 def settings(c: ml_collections.ConfigDict) -> list[tuple[float, float]]:
@@ -151,7 +147,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(o.lr_cycle_epochs, int) and o.lr_cycle_epochs >= 1,
          f'config.optim.lr_cycle_epochs={o.lr_cycle_epochs!r} must be a positive integer')
   r = c.reg
-  from pixelreg_jax import regularizers  # pylint: disable=import-outside-toplevel  (imports this module)
   _check(r.name in regularizers.REGULARIZERS,
          f'config.reg.name={r.name!r} is unknown; choose one of {sorted(regularizers.REGULARIZERS)}')
   population = bool(str(c.population).strip())

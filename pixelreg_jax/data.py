@@ -27,16 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pixelreg_jax.cli import UserError
-
-
-class DataUnavailableError(UserError, RuntimeError):
-  """A dataset is neither imported, on the system, nor obtainable from TFDS."""
-
-
-class DataError(UserError, ValueError):
-  """A data file is damaged (truncated, not its format) or holds wrong contents (image shape,
-  labels out of range, an unknown split)."""
+from pixelreg_jax.errors import DataError, DataUnavailableError
 
 # What reading a damaged file raises: truncated gzip (EOFError), bad gzip/zip (OSError,
 # BadZipFile, zlib.error), a bad npy header (ValueError).
@@ -96,6 +87,11 @@ def get_info(name: str) -> DatasetInfo:
   if name not in DATASETS:
     raise DataError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')
   return DATASETS[name]
+
+
+def input_size(dataset: str, image_size: int = 0) -> int:
+  """The network's input size: ``image_size``, or the dataset's own size when 0."""
+  return image_size or get_info(dataset).image_shape[0]
 
 
 def check_split_name(name: str, split: str) -> None:

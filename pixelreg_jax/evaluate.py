@@ -46,6 +46,7 @@ from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax.attacks import corruptions as corruptions_lib
 from pixelreg_jax.attacks import masking, whitebox
+from pixelreg_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -388,7 +389,7 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
   log = log or logging.info
   unknown = [a for a in attack_names if a not in EVALUATORS]
   if unknown:
-    raise cli.ConfigError(f'unknown attack(s) {unknown}; choose from {names()}')
+    raise ConfigError(f'unknown attack(s) {unknown}; choose from {names()}')
   run = runs.load_run(workdir, log=log)
   dataset = run.config.dataset
   source = None
@@ -396,15 +397,15 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
      and source_workdir:
     source = runs.load_run(source_workdir, log=log)
     if source.config.dataset != dataset:
-      raise cli.ConfigError(f'--source_workdir was trained on {source.config.dataset}, not {dataset}')
+      raise ConfigError(f'--source_workdir was trained on {source.config.dataset}, not {dataset}')
     if not 0 <= source_seed_index < source.num_seeds:
-      raise cli.ConfigError(f'--source_seed_index={source_seed_index} but the source has {source.num_seeds} seed(s)')
+      raise ConfigError(f'--source_seed_index={source_seed_index} but the source has {source.num_seeds} seed(s)')
   all_images, all_labels = data_lib.load_split(dataset, 'test', run.config.data_dir, download=run.config.download)
   total = len(all_images)
   end = first_image + num_images if num_images else total
   images, labels = all_images[first_image:end], all_labels[first_image:end]
   if not len(images):
-    raise cli.ConfigError(f'no test images in [{first_image}, {end}); the test set has {total}')
+    raise ConfigError(f'no test images in [{first_image}, {end}); the test set has {total}')
   ctx = Context(run, images, labels, first_image, test_set_bounds(run, all_images), jax.random.PRNGKey(seed), seed,
                 batch_size, source, source_seed_index, options, log)
   record = {'workdir': os.path.abspath(workdir), 'dataset': dataset, 'seeds': run.seeds,

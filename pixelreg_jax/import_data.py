@@ -36,6 +36,7 @@ from absl import flags
 
 from pixelreg_jax import cli
 from pixelreg_jax import data as data_lib
+from pixelreg_jax.errors import DataError, ImportDataError
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -48,10 +49,6 @@ def define_flags():
   flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.', required=True)
   flags.DEFINE_string('data_dir', None, 'Destination data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
   flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
-
-
-class ImportError_(cli.UserError, ValueError):
-  """The source does not hold the expected official files, or they are damaged."""
 
 
 # What reading a damaged archive or pickle raises (a truncated .gz: EOFError; bad bytes:
@@ -76,7 +73,7 @@ def import_idx(source: str, max_images: int = 0) -> dict[str, Split]:
   for split in ('train', 'test'):
     pair = data_lib.find_idx_pair(directory, split)
     if pair is None:
-      raise ImportError_(f'{directory} lacks the {split} IDX files '
+      raise ImportDataError(f'{directory} lacks the {split} IDX files '
                          f'({" and ".join(data_lib._IDX_FILES[split])}, optionally .gz)')
     out[split] = data_lib.read_idx_split(*pair)
   return out
@@ -96,12 +93,12 @@ def _cifar_members(source: str, archive_name: str, folder: str, names: list[str]
         members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
         missing = [n for n in names if n not in members]
         if missing:
-          raise ImportError_(f'{path} lacks {missing}; is it {archive_name}?')
+          raise ImportDataError(f'{path} lacks {missing}; is it {archive_name}?')
         return {n: tar.extractfile(members[n]).read() for n in names}
   for d in (source, os.path.join(source, folder)):
     if all(os.path.isfile(os.path.join(d, n)) for n in names):
       return {n: open(os.path.join(d, n), 'rb').read() for n in names}
-  raise ImportError_(f'{source} is neither {archive_name} nor a folder holding {folder}/{names[0]} …')
+  raise ImportDataError(f'{source} is neither {archive_name} nor a folder holding {folder}/{names[0]} …')
 
 
 def _unpickle(blob: bytes) -> dict:
@@ -188,7 +185,7 @@ def _imagenet_files(source: str) -> dict[str, list[tuple[str, bytes]]]:
 def import_imagenet32(source: str, max_images: int = 0) -> dict[str, Split]:
   files = _imagenet_files(source)
   if not files['train'] and not files['test']:
-    raise ImportError_(f'{source} holds no Imagenet32 files (train_data_batch_*, val_data, or one .npz)')
+    raise ImportDataError(f'{source} holds no Imagenet32 files (train_data_batch_*, val_data, or one .npz)')
   out = {}
   for split, entries in files.items():
     if not entries:
@@ -215,13 +212,13 @@ IMPORTERS: dict[str, Callable[[str, int], dict[str, Split]]] = {
 
 
 def read_source(name: str, source: str, max_images: int = 0) -> dict[str, Split]:
-  """The splits of ``name`` read from ``source``; every read failure as one ImportError_."""
+  """The splits of ``name`` read from ``source``; every read failure as one ImportDataError."""
   try:
     return IMPORTERS[name](source, max_images)
-  except (ImportError_, data_lib.DataError):
+  except (ImportDataError, DataError):
     raise
   except _READ_ERRORS as e:
-    raise ImportError_(f'{source} is damaged or not the official {name} files '
+    raise ImportDataError(f'{source} is damaged or not the official {name} files '
                        f'({type(e).__name__}: {cli.one_line(str(e), 200)})') from e
 
 
@@ -229,10 +226,10 @@ def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_i
   """Reads the official files of ``name`` from ``source``, checks every split (image shape,
   labels in range) and only then writes the imported splits."""
   if name not in IMPORTERS:
-    raise ImportError_(f'no importer for {name!r}; choose one of {sorted(IMPORTERS)}')
+    raise ImportDataError(f'no importer for {name!r}; choose one of {sorted(IMPORTERS)}')
   source = os.path.expanduser(source)
   if not os.path.exists(source):
-    raise ImportError_(f'--source={source} does not exist')
+    raise ImportDataError(f'--source={source} does not exist')
   info = data_lib.get_info(name)
   data_dir = data_dir or data_lib.default_data_dir()
   splits = {}

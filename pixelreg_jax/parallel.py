@@ -20,7 +20,7 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pixelreg_jax.config import ConfigError
+from pixelreg_jax.errors import ConfigError
 
 AXIS = 'data'
 # Launchers whose environment variable gives the number of processes (JAX's cluster detection

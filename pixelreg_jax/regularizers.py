@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax import similarity
+from pixelreg_jax.errors import ConfigError
 
 Array = jax.Array
 
@@ -37,7 +37,7 @@ Array = jax.Array
 def pixel_target(images: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict) -> Array:
   """S^pixel [N, N] of the regularization images, at the size the network sees them (METHOD §2)."""
   del labels
-  size = None if config.reg.keep_size else config_lib.input_size(config)
+  size = None if config.reg.keep_size else data_lib.input_size(config.dataset, config.image_size)
   return similarity.pixel_similarity(pipe.model_input(jnp.asarray(images), size, config.model.channels))
 
 
@@ -72,7 +72,7 @@ REGULARIZERS: dict[str, Regularizer] = {
 
 def get(config: ml_collections.ConfigDict) -> Regularizer:
   if config.reg.name not in REGULARIZERS:
-    raise config_lib.ConfigError(f'config.reg.name={config.reg.name!r} is unknown; choose one of '
+    raise ConfigError(f'config.reg.name={config.reg.name!r} is unknown; choose one of '
                                  f'{sorted(REGULARIZERS)}')
   return REGULARIZERS[config.reg.name]
 

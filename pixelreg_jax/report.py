@@ -52,12 +52,9 @@ import numpy as np
 from absl import flags, logging
 
 from pixelreg_jax import cli
+from pixelreg_jax.errors import ReportError
 
 FLAGS = flags.FLAGS
-
-
-class ReportError(cli.UserError, ValueError):
-  """Workdirs that cannot be reported together (missing evaluation, duplicate runs, bad labels)."""
 
 
 def define_flags():

@@ -15,6 +15,7 @@ from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax import models, train
+from pixelreg_jax.errors import CheckpointError
 
 
 @dataclasses.dataclass
@@ -80,13 +81,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config.json."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
-    raise ckpt_lib.CheckpointError(f'{workdir} is not a run directory (no config.json); '
+    raise CheckpointError(f'{workdir} is not a run directory (no config.json); '
                                    'train one with python -m pixelreg_jax.main --workdir=...')
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise ckpt_lib.CheckpointError(f'{path} is unreadable ({type(e).__name__}: {e})') from e
+    raise CheckpointError(f'{path} is unreadable ({type(e).__name__}: {e})') from e
   return ml_collections.ConfigDict(saved)
 
 

@@ -15,8 +15,6 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from pixelreg_jax.data import DatasetInfo
-
 # Hosts TFDS downloads from; one answering within the timeout means downloads may work.
 _PROBE_HOSTS = (('storage.googleapis.com', 443), ('www.cs.toronto.edu', 443))
 
@@ -127,12 +125,12 @@ def release_flip(index, seed: int = 0):
 PREPROCESS = {'imagenet2012': release_imagenet_crop}
 
 
-def load(info: DatasetInfo, split: str, data_dir: str, *, download: bool = False,
+def load(info, split: str, data_dir: str, *, download: bool = False,
          num_examples: int = 0, manual_dir: str = '',
          batch_size: int = 4096) -> Optional[tuple[np.ndarray, np.ndarray]]:
-  """The split (or its first ``num_examples``) from TFDS; ``None`` if neither prepared nor
-  obtainable now. Preparing uses ``manual_dir`` when given (imagenet2012's tar files, no
-  network), else a download when allowed and the network answers. Files are read in order
+  """The split (or its first ``num_examples``) of ``info`` (a ``data.DatasetInfo``) from TFDS;
+  ``None`` if neither prepared nor obtainable now. Preparing uses ``manual_dir`` when given
+  (imagenet2012's tar files, no network), else a download when allowed and the network answers. Files are read in order
   (no shuffling), so "the first N" is well defined."""
   tfds = _import_tfds()
   with quiet():

@@ -32,13 +32,9 @@ from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax import models, parallel, regularizers, similarity
-from pixelreg_jax.cli import UserError
+from pixelreg_jax.errors import ConfigError, TrainingError
 
 Array = jax.Array
-
-
-class TrainingError(UserError):
-  """Training cannot go on (a non-finite loss): the last good checkpoint is kept."""
 
 
 class TrainState(train_state.TrainState):
@@ -742,7 +738,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     with open(path) as f:
       old = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise config_lib.ConfigError(f'{path} is unreadable ({e}); use a new --workdir') from e
+    raise ConfigError(f'{path} is unreadable ({e}); use a new --workdir') from e
   new = json.loads(config.to_json_best_effort())
 
   def flat(d, prefix=''):
@@ -758,7 +754,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
           if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
   if diff:
     k = diff[0]
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f'{workdir} holds a run with a different config ({k}: {old.get(k)!r} there, {new.get(k)!r} now'
         f'{f" and {len(diff) - 1} more" if len(diff) > 1 else ""}); use a new --workdir to start a new run')
 

@@ -19,12 +19,9 @@ import os
 import socket
 from typing import Iterator
 
+from pixelreg_jax.errors import ConfigError
+
 LOCK_NAME = '.lock'
-
-
-def _config_error(message: str) -> Exception:
-  from pixelreg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel  # heavy module
-  return ConfigError(message)
 
 
 def ensure_directory(path: str) -> str:
@@ -34,11 +31,11 @@ def ensure_directory(path: str) -> str:
     ConfigError: ``path`` is an existing file (or a parent is), or it cannot be created.
   """
   if os.path.exists(path) and not os.path.isdir(path):
-    raise _config_error(f'--workdir={path} is an existing file, not a directory; choose a directory')
+    raise ConfigError(f'--workdir={path} is an existing file, not a directory; choose a directory')
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise _config_error(f'--workdir={path} cannot be created: {e.strerror}') from e
+    raise ConfigError(f'--workdir={path} cannot be created: {e.strerror}') from e
   return os.path.abspath(path)
 
 
@@ -74,9 +71,9 @@ def lock(path: str, enabled: bool = True) -> Iterator[None]:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise _config_error(f'--workdir={path} is in use by another run ({_holder(lock_path)}); wait for it '
+        raise ConfigError(f'--workdir={path} is in use by another run ({_holder(lock_path)}); wait for it '
                             'to finish, or use another --workdir') from None
-      raise _config_error(f'--workdir={path}: cannot lock {lock_path} ({e.strerror}); the file system '
+      raise ConfigError(f'--workdir={path}: cannot lock {lock_path} ({e.strerror}); the file system '
                           'offers no locks') from e
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode(), 0)

@@ -14,7 +14,7 @@ import pytest
 from jax.experimental import io_callback
 
 from pixelreg_jax.attacks import boundary as B
-from pixelreg_jax.config import ConfigError
+from pixelreg_jax.errors import ConfigError
 
 BOUNDS = (0.0, 1.0)
 

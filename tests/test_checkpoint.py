@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT, cli_overrides, run_env, synthetic_host_data, tiny_config, write_imported_dataset
 from pixelreg_jax import checkpoint as ckpt_lib
-from pixelreg_jax import runs, train
+from pixelreg_jax import errors, runs, train
 
 
 def _best_of(workdir, step, template):
@@ -183,7 +183,7 @@ def test_bit_flips_in_best_never_change_the_evaluated_weights_silently(tmp_path,
     path.write_bytes(bytes(blob))
     try:
       run = runs.load_run(str(wd), log=lambda s: None)
-    except ckpt_lib.CheckpointError:   # e.g. a flip in the metadata's shapes: refused, also safe
+    except errors.CheckpointError:   # e.g. a flip in the metadata's shapes: refused, also safe
       outcomes.append('refused')
       continue
     if run.fallback_reason is None:
@@ -233,7 +233,7 @@ def test_a_checkpoint_of_another_width_is_refused_not_set_aside(tmp_path, refere
   (wd / 'config.json').unlink()
   wider = tiny_config(num_epochs=4, **{'model.width': 8})
   trainer = train.Trainer(wider, str(wd), host)
-  with pytest.raises(ckpt_lib.CheckpointError, match='holds a different model') as e:
+  with pytest.raises(errors.CheckpointError, match='holds a different model') as e:
     trainer.fit(log=lambda s: None)
   msg = str(e.value)
   assert '\n' not in msg and 'use a new --workdir' in msg and str(wd) in msg
@@ -247,10 +247,10 @@ def test_a_model_with_a_new_parameter_is_refused_in_evaluation(tmp_path, referen
   template = jax.tree.map(np.zeros_like, ref_best)
   template['params']['extra'] = {'kernel': np.zeros((1, 3), np.float32)}
   manager = ckpt_lib.CheckpointManager(str(ref_dir), read_only=True)
-  with pytest.raises(ckpt_lib.CheckpointError, match=r'params/extra/kernel is not in the checkpoint'):
+  with pytest.raises(errors.CheckpointError, match=r'params/extra/kernel is not in the checkpoint'):
     manager.restore_best(template)
   del template['params']['head']
-  with pytest.raises(ckpt_lib.CheckpointError, match=r'and \d+ more difference'):
+  with pytest.raises(errors.CheckpointError, match=r'and \d+ more difference'):
     manager.restore_best(template)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_env, synthetic_host_data, tiny_config
-from pixelreg_jax import cli, report, train
+from pixelreg_jax import cli, errors, report, train
 
 
 def _run(args, timeout=300, **env_extra):
@@ -83,7 +83,7 @@ def test_default_config_is_found_from_any_directory(tmp_path):
 
 def test_one_line_errors_exit_status_and_interrupt(capsys):
   with pytest.raises(SystemExit) as e, cli.one_line_errors():
-    raise report.ReportError('first line\nsecond line')
+    raise errors.ReportError('first line\nsecond line')
   assert e.value.code == 2 and capsys.readouterr().err == 'error: first line: second line\n'
   with pytest.raises(SystemExit) as e, cli.one_line_errors():
     raise KeyboardInterrupt

@@ -24,7 +24,7 @@ from skimage import color, transform
 from skimage.filters import gaussian as sk_gaussian
 
 from pixelreg_jax.attacks import corruptions as C
-from pixelreg_jax.config import ConfigError
+from pixelreg_jax.errors import ConfigError
 
 ic = pytest.importorskip('imagecorruptions')
 import imagecorruptions.corruptions as icc  # noqa: E402

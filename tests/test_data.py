@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixelreg_jax import data
+from pixelreg_jax import data, errors
 from pixelreg_jax import input_pipeline as pipe
 
 
@@ -47,10 +47,10 @@ def test_idx_errors(tmp_path):
   write_idx(tmp_path / 'a', np.zeros((10, 4), np.uint8), compress=False)
   raw = (tmp_path / 'a').read_bytes()
   (tmp_path / 'short').write_bytes(raw[:-5])
-  with pytest.raises(data.DataError, match='truncated'):
+  with pytest.raises(errors.DataError, match='truncated'):
     data.read_idx(str(tmp_path / 'short'))
   (tmp_path / 'junk').write_bytes(b'PK\x03\x04garbage')
-  with pytest.raises(data.DataError, match='not an IDX'):
+  with pytest.raises(errors.DataError, match='not an IDX'):
     data.read_idx(str(tmp_path / 'junk'))
 
 
@@ -71,7 +71,7 @@ def test_system_idx_source_and_imported_precedence(tmp_path, monkeypatch):
 
 def test_missing_dataset_is_one_fast_clear_line(tmp_path):
   t = time.time()
-  with pytest.raises(data.DataUnavailableError) as e:
+  with pytest.raises(errors.DataUnavailableError) as e:
     data.load_split('cifar10', 'train', str(tmp_path))
   msg = str(e.value)
   assert time.time() - t < 30
@@ -83,12 +83,12 @@ def test_truncated_or_damaged_gzip_idx_is_a_data_error(tmp_path):
   write_idx(tmp_path / 'a.gz', np.random.default_rng(0).integers(0, 256, (50, 28, 28)), compress=True)
   raw = (tmp_path / 'a.gz').read_bytes()
   (tmp_path / 'cut.gz').write_bytes(raw[:len(raw) // 2])
-  with pytest.raises(data.DataError, match=r'cut.gz: damaged or truncated file \(EOFError'):
+  with pytest.raises(errors.DataError, match=r'cut.gz: damaged or truncated file \(EOFError'):
     data.read_idx(str(tmp_path / 'cut.gz'))
   bad = bytearray(raw)
   bad[len(bad) // 2] ^= 0xFF                          # a damaged deflate stream or a CRC mismatch
   (tmp_path / 'bad.gz').write_bytes(bytes(bad))
-  with pytest.raises(data.DataError, match='bad.gz: '):
+  with pytest.raises(errors.DataError, match='bad.gz: '):
     data.read_idx(str(tmp_path / 'bad.gz'))
 
 
@@ -103,7 +103,7 @@ def test_truncated_npz_is_one_line_naming_the_file(tmp_path):
   raw = open(path, 'rb').read()
   for cut in (len(raw) // 2, len(raw) - 30):
     open(path, 'wb').write(raw[:cut])
-    with pytest.raises(data.DataError) as e:
+    with pytest.raises(errors.DataError) as e:
       data.load_split('mnist', 'train', str(tmp_path))
     assert '\n' not in str(e.value) and path in str(e.value) and 'import the dataset again' in str(e.value)
 
@@ -132,17 +132,17 @@ def test_imported_split_contents_are_checked(tmp_path, bad):
   path = data.imported_path(str(tmp_path), 'mnist', 'train')
   os.makedirs(os.path.dirname(path))
   np.savez(path, images=x.astype(np.float32) if bad == 'float_images' else x, labels=y)   # as a foreign tool might
-  with pytest.raises(data.DataError, match=match) as e:
+  with pytest.raises(errors.DataError, match=match) as e:
     data.load_split('mnist', 'train', str(tmp_path))
   assert path in str(e.value) and 'import_data --dataset=mnist' in str(e.value)
 
 
 def test_unknown_split_is_named_with_the_splits_there_are(tmp_path):
-  with pytest.raises(data.DataError, match=r"no such split 'validation' for fashion_mnist \(splits: train, test\)"):
+  with pytest.raises(errors.DataError, match=r"no such split 'validation' for fashion_mnist \(splits: train, test\)"):
     data.load_split('fashion_mnist', 'validation', str(tmp_path))
   data.check_split_name('imagenet32', 'validation')
   data.check_split_name('mnist', 'train[:100]')
-  with pytest.raises(data.DataError, match='unknown dataset'):
+  with pytest.raises(errors.DataError, match='unknown dataset'):
     data.load_split('svhn', 'train', str(tmp_path))
 
 

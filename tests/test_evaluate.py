@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_host_data, tiny_config
-from pixelreg_jax import attacks, evaluate, train
+from pixelreg_jax import attacks, errors, evaluate, train
 from pixelreg_jax.attacks import whitebox
 
 
@@ -58,5 +58,5 @@ def test_every_evaluator_records_every_seed(trained, monkeypatch):
 
 def test_unknown_attack_is_a_config_error(trained):
   wd, _, _ = trained
-  with pytest.raises(evaluate.cli.ConfigError, match='unknown attack'):
+  with pytest.raises(errors.ConfigError, match='unknown attack'):
     evaluate.evaluate_run(str(wd), ['gaussian', 'nope'])

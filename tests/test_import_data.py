@@ -13,7 +13,7 @@ import pytest
 from test_data import write_mnist_dir
 
 from conftest import ROOT, run_env
-from pixelreg_jax import data, import_data
+from pixelreg_jax import data, errors, import_data
 
 
 def _nchw_rows(images):
@@ -124,11 +124,11 @@ def test_imagenet32_import_round_trip(tmp_path, fmt):
 
 
 def test_import_errors_are_clear(tmp_path):
-  with pytest.raises(import_data.ImportError_, match='lacks the train IDX files'):
+  with pytest.raises(errors.ImportDataError, match='lacks the train IDX files'):
     import_data.import_dataset('mnist', str(tmp_path), str(tmp_path / 'dd'))
-  with pytest.raises(import_data.ImportError_, match='does not exist'):
+  with pytest.raises(errors.ImportDataError, match='does not exist'):
     import_data.import_dataset('cifar10', str(tmp_path / 'nope'), str(tmp_path / 'dd'))
-  with pytest.raises(import_data.ImportError_, match='cifar-10-python.tar.gz'):
+  with pytest.raises(errors.ImportDataError, match='cifar-10-python.tar.gz'):
     import_data.import_dataset('cifar10', str(tmp_path), str(tmp_path / 'dd'))
 
 
@@ -171,7 +171,7 @@ def test_corrupt_cifar_archive_is_one_line(tmp_path):
   _cifar10_archive(tmp_path / 'cifar-10-python.tar.gz', np.random.default_rng(0))
   raw = (tmp_path / 'cifar-10-python.tar.gz').read_bytes()
   (tmp_path / 'cifar-10-python.tar.gz').write_bytes(raw[:len(raw) // 2])
-  with pytest.raises(import_data.ImportError_, match='is damaged or not the official cifar10 files'):
+  with pytest.raises(errors.ImportDataError, match='is damaged or not the official cifar10 files'):
     import_data.import_dataset('cifar10', str(tmp_path), str(tmp_path / 'dd'))
   assert not (tmp_path / 'dd').exists()
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from pixelreg_jax import config as config_lib
+from pixelreg_jax import errors, models
 from pixelreg_jax import input_pipeline as pipe
-from pixelreg_jax import models
 
 
 def test_luma_equals_pil_convert_L_on_uint8():
@@ -54,7 +54,7 @@ def test_config_default_is_the_datasets_own_size():
   c.image_size = 32
   assert config_lib.input_size(c) == 32
   c.image_size = 20
-  with pytest.raises(config_lib.ConfigError, match='image_size'):
+  with pytest.raises(errors.ConfigError, match='image_size'):
     config_lib.validate(c)
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_env, synthetic_host_data, tiny_config
-from pixelreg_jax import config as config_lib
-from pixelreg_jax import parallel, train
+from pixelreg_jax import errors, parallel, train
 
 TESTS = os.path.join(ROOT, 'tests')   # run from here, `-m helpers.parallel_run` imports conftest without sys.path edits
 STABLE = ['reg.alpha=1.0', 'reg.threshold=0.8', 'optim.learning_rate=0.02', 'batch_size=16', 'reg.pairs_per_step=8']
@@ -45,9 +44,9 @@ def test_batch_must_divide_over_devices():
   mesh = parallel.make_mesh([jax.devices()[0]] * 1)
   parallel.check_batch(64, mesh, 16)
   fake = type('Mesh', (), {'devices': np.zeros(8)})()
-  with pytest.raises(config_lib.ConfigError, match='batch_size=60 does not divide over 8 devices'):
+  with pytest.raises(errors.ConfigError, match='batch_size=60 does not divide over 8 devices'):
     parallel.check_batch(60, fake, 16)
-  with pytest.raises(config_lib.ConfigError, match='pairs_per_step=12'):
+  with pytest.raises(errors.ConfigError, match='pairs_per_step=12'):
     parallel.check_batch(64, fake, 12)
 
 
@@ -100,7 +99,7 @@ def test_incomplete_coordinator_settings_are_one_clear_error(monkeypatch, env, m
     monkeypatch.delenv(k, raising=False)
   for k, v in env.items():
     monkeypatch.setenv(k, v)
-  with pytest.raises(config_lib.ConfigError, match=match):
+  with pytest.raises(errors.ConfigError, match=match):
     parallel.maybe_initialize_distributed()
 
 

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli_overrides, run_env, write_imported_dataset
-from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import runs, workdir
+from pixelreg_jax import errors, runs, workdir
 
 
 def _errors(proc, status=2) -> str:
@@ -90,7 +89,7 @@ def test_the_lock_is_released_on_exceptions_and_reentry_is_refused(tmp_path):
   with workdir.lock(str(tmp_path)):
     assert open(tmp_path / workdir.LOCK_NAME).read().split()[0] == str(os.getpid())
     # A second open file description of the same lock, as another run would have.
-    with pytest.raises(config_lib.ConfigError, match=rf'pid {os.getpid()} on'):
+    with pytest.raises(errors.ConfigError, match=rf'pid {os.getpid()} on'):
       with workdir.lock(str(tmp_path)):
         pass
   with workdir.lock(str(tmp_path)), workdir.lock(str(tmp_path), enabled=False):
@@ -100,9 +99,9 @@ def test_the_lock_is_released_on_exceptions_and_reentry_is_refused(tmp_path):
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
   path = tmp_path / 'notes.txt'
   path.write_text('my notes')
-  with pytest.raises(config_lib.ConfigError, match='is an existing file, not a directory'):
+  with pytest.raises(errors.ConfigError, match='is an existing file, not a directory'):
     workdir.ensure_directory(str(path))
-  with pytest.raises(config_lib.ConfigError, match='cannot be created'):
+  with pytest.raises(errors.ConfigError, match='cannot be created'):
     workdir.ensure_directory(str(path / 'run'))
   assert workdir.ensure_directory(str(tmp_path / 'a' / 'b')) == str(tmp_path / 'a' / 'b')
   out = subprocess.run(_main(path, tmp_path / 'data'), cwd=ROOT, env=run_env(), capture_output=True, text=True,

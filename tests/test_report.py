@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pixelreg_jax import report
+from pixelreg_jax import errors, report
 from pixelreg_jax.attacks import masking
 
 LINF = {'norm': 'linf', 'steps': 10, 'restarts': 1, 'rel_step_size': 2.5, 'loss': 'ce', 'random_start': True}
@@ -239,7 +239,7 @@ def test_undefined_score_is_null_and_stale_figures_go(written, tmp_path):
 def test_old_boundary_records_are_refused_in_one_line(tmp_path):
   rec = _record(tmp_path / 'old', 0.0, [0], {}, {'steps': 50, 'median_distance': [0.01], 'failed_starts': [0]},
                 None, [0.9])
-  with pytest.raises(report.ReportError) as e:
+  with pytest.raises(errors.ReportError) as e:
     report.load_records(_write([rec]))
   assert 'median_distance' in str(e.value) and 'evaluate' in str(e.value) and '\n' not in str(e.value)
 
@@ -247,11 +247,11 @@ def test_old_boundary_records_are_refused_in_one_line(tmp_path):
 def test_runs_evaluated_differently_are_not_pooled(tmp_path):
   a, b = _records(tmp_path)[:2]
   b['boundary']['protocol'] = 'strong'
-  with pytest.raises(report.ReportError, match='Boundary protocol'):
+  with pytest.raises(errors.ReportError, match='Boundary protocol'):
     report.aggregate(report.load_records(_write([a, b])))
   b['boundary']['protocol'] = 'release'
   b['attacks']['pgd_linf']['settings'] = dict(LINF, restarts=2)
-  with pytest.raises(report.ReportError, match='settings of pgd_linf'):
+  with pytest.raises(errors.ReportError, match='settings of pgd_linf'):
     report.aggregate([a, b])
 
 
@@ -263,7 +263,7 @@ def test_baseline_choice(tmp_path):
   agg = report.aggregate([a, b, reg], labels=['base 1', 'base 2', 'reg'], baseline='base 2')
   # Against seed 2 alone: shot noise errors [0.3, 0.5] again, stripe 0.2: the same CE as against the pool.
   assert agg['reg']['corruptions']['errors']['mce'] == pytest.approx(1.25)
-  with pytest.raises(report.ReportError, match='--baseline'):
+  with pytest.raises(errors.ReportError, match='--baseline'):
     report.aggregate([a, b, reg], baseline='nobody')
 
 

@@ -5,7 +5,7 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from conftest import tiny_config  # noqa: E402
-from pixelreg_jax import data, regularizers, tfds_source, train  # noqa: E402
+from pixelreg_jax import data, errors, regularizers, tfds_source, train  # noqa: E402
 from pixelreg_jax import input_pipeline as pipe  # noqa: E402
 
 CASES = [('mnist', (28, 28, 1), 10), ('fashion_mnist', (28, 28, 1), 10), ('cifar10', (32, 32, 3), 10),
@@ -38,7 +38,7 @@ def test_dataset_through_tfds(tmp_path, mock_tfds, name, shape, classes):
 
 def test_without_network_tfds_is_not_tried_for_long(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_source, 'network_available', lambda timeout=3.0: False)
-  with pytest.raises(data.DataUnavailableError, match='no network'):
+  with pytest.raises(errors.DataUnavailableError, match='no network'):
     data.load_split('cifar100', 'test', str(tmp_path), download=True)
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import synthetic_host_data, tiny_config
 from pixelreg_jax import config as config_lib
+from pixelreg_jax import errors, models, similarity, train
 from pixelreg_jax import input_pipeline as pipe
-from pixelreg_jax import models, similarity, train
 
 
 def _batch(host, config, n_pairs=4, seed=0):
@@ -166,18 +166,18 @@ def test_split_indices_disjoint_deterministic_and_subset():
 ])
 def test_invalid_config_values_give_one_line_errors(field, value, match):
   c = tiny_config(**{field: value})
-  with pytest.raises(config_lib.ConfigError, match=match) as e:
+  with pytest.raises(errors.ConfigError, match=match) as e:
     config_lib.validate(c)
   assert '\n' not in str(e.value)
 
 
 def test_data_dependent_errors_before_compiling(host_data):
   c = tiny_config(**{'reg.num_images': 100})   # Only 64 training images exist.
-  with pytest.raises(config_lib.ConfigError, match='reg.num_images=100 exceeds the 64') as e:
+  with pytest.raises(errors.ConfigError, match='reg.num_images=100 exceeds the 64') as e:
     train.Trainer(c, None, host_data)
   assert '\n' not in str(e.value)
   c = tiny_config(**{'batch_size': 512})
-  with pytest.raises(config_lib.ConfigError, match='batch_size'):
+  with pytest.raises(errors.ConfigError, match='batch_size'):
     train.Trainer(c, None, host_data)
 
 
@@ -186,7 +186,7 @@ def test_resuming_a_workdir_with_a_different_config_is_refused(tmp_path, host_da
   train.Trainer(c, str(tmp_path), host_data).fit(log=lambda s: None)
   (tmp_path / 'config.json').write_text(c.to_json_best_effort())
   c2 = tiny_config(**{'num_epochs': 1, 'reg.alpha': 2.0})
-  with pytest.raises(config_lib.ConfigError, match='reg.alpha'):
+  with pytest.raises(errors.ConfigError, match='reg.alpha'):
     train.check_workdir_config(c2, str(tmp_path))
   train.check_workdir_config(tiny_config(**{'num_epochs': 5}), str(tmp_path))   # More epochs: fine.
 
@@ -205,7 +205,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_earlier_checkpoints(tmp_p
   train.Trainer(c, str(tmp_path), host_data).fit(log=lambda s: None)   # 1 good epoch
   c2 = tiny_config(num_epochs=2, **{'reg.alpha': 0.0})
   c2.optim.learning_rate = 1e30   # resumed with a learning rate that makes epoch 2 diverge
-  with pytest.raises(train.TrainingError, match='diverged.*epoch 2.*last good checkpoint') as e:
+  with pytest.raises(errors.TrainingError, match='diverged.*epoch 2.*last good checkpoint') as e:
     train.Trainer(c2, str(tmp_path), host_data).fit(log=lambda s: None)
   assert '\n' not in str(e.value)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['0']   # nothing of epoch 2 saved

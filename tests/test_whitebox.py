@@ -6,7 +6,7 @@ import pytest
 
 from pixelreg_jax.attacks import levels as L
 from pixelreg_jax.attacks import whitebox as W
-from pixelreg_jax.config import ConfigError
+from pixelreg_jax.errors import ConfigError
 
 # One compilation per (model, config, shapes); ε, keys and bounds are traced. The attack works with any
 # key type; most tests use the 'rbg' generator, which compiles about twice as fast on CPUs as threefry

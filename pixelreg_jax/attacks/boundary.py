@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixelreg_jax.config import ConfigError
+from pixelreg_jax.errors import ConfigError
 
 Array = jax.Array
 PROTOCOLS = ('release', 'strong')

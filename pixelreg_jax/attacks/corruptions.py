@@ -98,7 +98,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pixelreg_jax.config import ConfigError
+from pixelreg_jax.errors import ConfigError
 
 Array = jax.Array
 VARIANTS = ('imagenet_c', 'cifar10_c', 'mnist_c')
