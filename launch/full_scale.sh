@@ -6,14 +6,14 @@
 #   EPOCHS=2 SEEDS=2 TRAIN_SUBSET=2000 WIDTH=8 EVAL_IMAGES=500 BOUNDARY_IMAGES=50 bash launch/full_scale.sh
 #                                                   (a cut run: the outputs say so)
 #
-# The protocol (issue 14; METHOD.md §4-8):
+# The protocol (issue 14; docs/method.md §4-8):
 #  1. one program trains the population SETTINGS × SEEDS: α=0, α=10/Th=0.8 (the paper's setting
 #     for other combinations), α=4/Th=0.8 (the reduced study's choice), 7 seeds each — ResNet18
 #     width 64 on all 60 000 training images (1 % validation), 28×28, 20 epochs with the lr ×0.3
 #     every 4 epochs, batch 64 + 16 pairs, 5000 regularization images; each setting becomes its
 #     own run directory (<OUT>/population/a<α>_th<Th>);
 #  2. an unregularized FGSM source model (seed 1000);
-#  3. every attack of METHOD §7 on all 10 000 test images, Boundary by the release protocol
+#  3. every attack of docs/method.md §7 on all 10 000 test images, Boundary by the release protocol
 #     (1000 images, 5 repeats, 50 steps) — plus EXTRA_ATTACKS (e.g. "pgd,corruptions");
 #  4. the Fig. 1 analysis of every setting; 5. the report (mean ± SEM over seeds).
 # Everything small (JSON, PNG, markdown, logs) is copied to DOCS with run.json: the device, JAX

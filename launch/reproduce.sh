@@ -6,7 +6,7 @@
 #  2. selection: the most noise-robust setting whose clean accuracy is within MAX_DROP (5 points)
 #     of α=0 (at this budget every setting costs accuracy; 2 points selected none, see README);
 #  3. 7 seeds of α=0 and of the selected setting + an unregularized FGSM source model (seed 1000),
-#     on test images 0-1999: the paper's attacks (METHOD §7; Boundary by the release protocol on
+#     on test images 0-1999: the paper's attacks (docs/method.md §7; Boundary by the release protocol on
 #     BOUNDARY_IMAGES random images × BOUNDARY_REPEATS repeats, 50 steps), white-box PGD (every
 #     variant, PGD_IMAGES images) with the gradient-masking checks, the corruptions of MNIST-C
 #     (CORRUPTION_IMAGES images);

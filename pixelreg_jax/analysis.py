@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags, logging
 from scipy import stats
 
-from pixelreg_jax import cli, runs, similarity
+from pixelreg_jax import cli, rundir, similarity
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax.errors import ConfigError
@@ -59,7 +59,7 @@ def check_num_images(n: int) -> None:
         f'use at most {MAX_IMAGES} (about {memory_bytes(MAX_IMAGES) / 2**30:.0f} GiB)')
 
 
-def model_similarity_matrices(run: runs.Run, variables: dict, images01: jax.Array, train: bool = False,
+def model_similarity_matrices(run: rundir.Run, variables: dict, images01: jax.Array, train: bool = False,
                               batch_size: int = 250) -> tuple[jax.Array, jax.Array]:
   """Per-tap similarity matrices [T, N, N] and the combined S^model [N, N] of one model.
 
@@ -103,7 +103,7 @@ def analyze(workdir: str, num_images: int = 500, bn: str = 'eval', log=None) -> 
   """The Fig. 1 statistics of every seed of a run (see the module docstring). Warnings (e.g.
   a corrupt newest checkpoint skipped) go to ``log`` if given, else to absl logging."""
   check_num_images(num_images)
-  run = runs.load_run(workdir, log=log)
+  run = rundir.load_run(workdir, log=log)
   c = run.config
   images, _ = data_lib.load_split(c.reg.dataset, c.reg.split, c.data_dir, download=c.download,
                                   num_examples=num_images, manual_dir=c.get('tfds_manual_dir', ''))

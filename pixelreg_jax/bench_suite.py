@@ -34,7 +34,8 @@ import numpy as np
 from pixelreg_jax import attacks as attacks_lib
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import evaluate, runs, train
+from pixelreg_jax import evaluate, rundir
+from pixelreg_jax import trainer as trainer_lib
 
 CIFAR10_TRAIN_IMAGES, PAPER_EPOCHS = 49500, 40
 
@@ -71,7 +72,7 @@ def train_rows(config, seeds_list, steps: int, warmup: int, repeats: int, peak_t
 
 
 def _eval_model(config, seeds: int, train_steps: int, num_images: int, rng: np.random.Generator):
-  """A ``runs.Run`` of ``seeds`` models trained ``train_steps`` steps on brightness classes, and
+  """A ``rundir.Run`` of ``seeds`` models trained ``train_steps`` steps on brightness classes, and
   test images/labels of the same kind."""
   info = data_lib.get_info(config.dataset)
   n_train = max(config.batch_size * (train_steps + 1), 2 * config.batch_size)
@@ -87,12 +88,12 @@ def _eval_model(config, seeds: int, train_steps: int, num_images: int, rng: np.r
   test_x, test_y = make(num_images)
   c = copy.deepcopy(config)
   c.num_seeds, c.reg.alpha, c.val_fraction, c.population = seeds, 0.0, 0.0, ''
-  trainer = train.Trainer(c, None, {'train_x': train_x, 'train_y': train_y, 'test_x': test_x[:16],
-                                    'test_y': test_y[:16]})
+  trainer = trainer_lib.create_trainer(c, {'train_x': train_x, 'train_y': train_y, 'test_x': test_x[:16],
+                                           'test_y': test_y[:16]})
   state, order = trainer.init_state(), trainer.epoch_order(0)
   for i in range(train_steps):
     state, _ = trainer.step(state, order, i % trainer.steps_per_epoch)
-  run = runs.Run('', c, trainer.model, jax.device_get(state.variables()), {})
+  run = rundir.Run('', c, trainer.model, jax.device_get(state.variables()), {})
   return run, test_x, test_y
 
 
@@ -124,7 +125,7 @@ def eval_rows(config, eval_seeds: int, eval_images: int, boundary_images: int, b
         levels=10)
   one_config = copy.deepcopy(run.config)
   one_config.num_seeds = 1
-  one = runs.Run('', one_config, run.model, jax.tree.map(lambda v: v[:1], run.variables), {})
+  one = rundir.Run('', one_config, run.model, jax.tree.map(lambda v: v[:1], run.variables), {})
   b_ctx = evaluate.Context(one, images, labels, 0, ctx.bounds, ctx.key, 0, batch_size, None, 0,
                            evaluate.Options(attacks_lib.BoundaryConfig(steps=boundary_steps), boundary_images, 1,
                                             min(boundary_images, 1000)), lambda s: None)

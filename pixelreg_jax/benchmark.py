@@ -32,9 +32,10 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from pixelreg_jax import bench_suite, cli, parallel, train
+from pixelreg_jax import bench_suite, cli, parallel, population
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
+from pixelreg_jax import trainer as trainer_lib
 
 FLAGS = flags.FLAGS
 _CONFIG = None
@@ -73,7 +74,7 @@ def synthetic_host_data(config, num_train: int, seed: int = 0) -> dict:
                   'labels': rng.integers(0, reg_info.num_classes, n_reg).astype(np.int32)}}
 
 
-def time_steps(trainer: train.Trainer, steps: int, warmup: int, repeats: int) -> list[float]:
+def time_steps(trainer: trainer_lib.Trainer, steps: int, warmup: int, repeats: int) -> list[float]:
   """Seconds per step, one value per repeat (compilation excluded), through the public step API."""
   state = trainer.init_state()
   order = trainer.epoch_order(0)
@@ -94,18 +95,18 @@ def time_steps(trainer: train.Trainer, steps: int, warmup: int, repeats: int) ->
   return out
 
 
-def describe(config, trainer: train.Trainer) -> dict:
+def describe(config, trainer: trainer_lib.Trainer) -> dict:
   pairs = config.reg.pairs_per_step if trainer.regularizer else 0
   return {'framework': 'jax', 'arch': config.model.name, 'batch': config.batch_size, 'pairs': pairs,
           'size': config_lib.input_size(config), 'channels': config.model.channels, 'width': config.model.width,
-          'num_seeds': config.num_seeds, 'members': trainer.M, 'seed_parallelism': train.seed_mode(config),
+          'num_seeds': config.num_seeds, 'members': trainer.M, 'seed_parallelism': population.seed_mode(config),
           'fused_pass': bool(config.fused_pass),
           'half_precision': config.half_precision,
           'devices': len(trainer.mesh.devices.flat), 'device_kind': jax.devices()[0].device_kind,
           'jax': jax.__version__}
 
 
-def images_per_step(trainer: train.Trainer) -> int:
+def images_per_step(trainer: trainer_lib.Trainer) -> int:
   pairs = trainer.config.reg.pairs_per_step if trainer.regularizer else 0
   return trainer.M * (trainer.config.batch_size + 2 * pairs)
 
@@ -118,7 +119,7 @@ PEAK_TFLOPS = {
 }
 
 
-def step_flops(trainer: train.Trainer) -> float:
+def step_flops(trainer: trainer_lib.Trainer) -> float:
   """XLA's FLOP count of one train step over all devices and members, or 0 when it gives none.
 
   XLA reports the per-device program of a sharded computation, hence × devices.
@@ -133,7 +134,7 @@ def bench_step(config, steps: int, warmup: int, repeats: int, num_train: int = 0
                peak_tflops: float = 0.0) -> dict:
   config.val_fraction = 0.0
   num_train = num_train or config.batch_size * (steps + warmup + 1)
-  trainer = train.Trainer(config, None, synthetic_host_data(config, num_train), mesh=mesh)
+  trainer = trainer_lib.create_trainer(config, synthetic_host_data(config, num_train), mesh=mesh)
   per_step = float(np.median(time_steps(trainer, steps, warmup, repeats)))
   out = {**describe(config, trainer), 'mode': 'step', 'ms_per_step': round(1000 * per_step, 3),
          'images_per_sec': round(images_per_step(trainer) / per_step, 1)}
@@ -174,9 +175,9 @@ def bench_devices(config, devices_list, steps, warmup, repeats, peak_tflops=0.0)
 
 def bench_input(config, steps: int, warmup: int, repeats: int) -> dict:
   """Real data vs synthetic data of identical shapes, measured alternately."""
-  real = train.Trainer(config, None, train.load_data(config))
+  real = trainer_lib.create_trainer(config)
   fake_host = synthetic_host_data(config, len(real.host['train_x']))
-  synthetic = train.Trainer(config, None, fake_host)
+  synthetic = trainer_lib.create_trainer(config, fake_host)
   t_real, t_fake = [], []
   for _ in range(repeats):
     t_real += time_steps(real, steps, warmup, 1)

@@ -43,7 +43,7 @@ class DatasetInfo:
     num_classes: label count.
     image_shape: native (H, W, C).
     family: 'mnist' (used as is) or 'cifar' (scaled 5·(x − 0.5), crop+flip augmentation);
-      selects normalisation and the evaluation levels of METHOD §7.
+      selects normalisation and the evaluation levels of docs/method.md §7.
     tfds_name: the TFDS builder (with config), e.g. 'imagenet_resized/32x32'.
     classification: whether it can be the classified dataset (ImageNet is a reg source only).
     system_dirs: directories where a system package puts the original IDX files.

@@ -1,4 +1,4 @@
-r"""Robustness evaluation of a trained run directory (METHOD.md sections 7-8, and beyond the paper).
+r"""Robustness evaluation of a trained run directory (docs/method.md §7-8, and beyond the paper).
 
     python -m pixelreg_jax.evaluate --workdir=runs/reg --source_workdir=runs/source \
         --attacks=gaussian,uniform,salt_pepper,fgsm,boundary,pgd_linf,pgd_l2,corruptions
@@ -41,7 +41,7 @@ import numpy as np
 from absl import flags, logging
 
 from pixelreg_jax import attacks as attacks_lib
-from pixelreg_jax import cli, runs, train
+from pixelreg_jax import cli, population, rundir
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax.attacks import corruptions as corruptions_lib
@@ -111,7 +111,7 @@ class Context:
     options: ``Options``.
     log: progress lines.
   """
-  run: runs.Run
+  run: rundir.Run
   images: np.ndarray
   labels: np.ndarray
   first_image: int
@@ -119,7 +119,7 @@ class Context:
   key: jax.Array
   seed: int
   batch_size: int
-  source: Optional[runs.Run]
+  source: Optional[rundir.Run]
   source_seed: int
   options: Options
   log: Callable[[str], None]
@@ -151,14 +151,14 @@ def sweep(ctx: Context, correct_fn: Callable, key: jax.Array, images: Optional[n
   def one_batch(variables, i, x_u8, y, m, ex, shared):
     return correct_fn(run.logits_fn(variables), jax.random.fold_in(key, i), run.model_input(x_u8), y, m, *ex, shared)
 
-  if train.seed_mode(run.config) != 'vmap':
+  if population.seed_mode(run.config) != 'vmap':
     return _host_loop_sweep(jax.jit(one_batch), run, xb, yb, mb, extras, shared)
 
   def one_model(variables, xb, yb, mb, extras, shared):
     correct = jax.lax.map(lambda a: one_batch(variables, *a, shared), (jnp.arange(xb.shape[0]), xb, yb, mb, extras))
     return jax.tree.map(lambda c: c.sum(0) / mb.sum(), correct)
 
-  fn = jax.jit(train.seeded(one_model, run.num_seeds, (0, None, None, None, None, None), 'vmap'))
+  fn = jax.jit(population.seeded(one_model, run.num_seeds, (0, None, None, None, None, None), 'vmap'))
   return jax.device_get(fn(run.variables, xb, yb, mb, extras, shared))
 
 
@@ -369,13 +369,13 @@ def evaluate_boundary(ctx: Context, record: dict, name: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _unit(run: runs.Run, images: np.ndarray, chunk: int = 2000) -> np.ndarray:
+def _unit(run: rundir.Run, images: np.ndarray, chunk: int = 2000) -> np.ndarray:
   """uint8 native images -> float32 [0, 1] input space (host array), in chunks."""
   fn = jax.jit(run.model_input)
   return np.concatenate([np.asarray(fn(images[i:i + chunk])) for i in range(0, len(images), chunk)])
 
 
-def test_set_bounds(run: runs.Run, images: np.ndarray) -> tuple[float, float]:
+def test_set_bounds(run: rundir.Run, images: np.ndarray) -> tuple[float, float]:
   """(min, max) over the whole test set in [0, 1] input space: the release's Boundary bounds."""
   x = _unit(run, images)
   return float(x.min()), float(x.max())
@@ -390,12 +390,12 @@ def evaluate_run(workdir: str, attack_names: list[str], source_workdir: Optional
   unknown = [a for a in attack_names if a not in EVALUATORS]
   if unknown:
     raise ConfigError(f'unknown attack(s) {unknown}; choose from {names()}')
-  run = runs.load_run(workdir, log=log)
+  run = rundir.load_run(workdir, log=log)
   dataset = run.config.dataset
   source = None
   if any(attacks_lib.LEVEL_ATTACKS.get(a) and attacks_lib.LEVEL_ATTACKS[a].needs_source for a in attack_names) \
      and source_workdir:
-    source = runs.load_run(source_workdir, log=log)
+    source = rundir.load_run(source_workdir, log=log)
     if source.config.dataset != dataset:
       raise ConfigError(f'--source_workdir was trained on {source.config.dataset}, not {dataset}')
     if not 0 <= source_seed_index < source.num_seeds:

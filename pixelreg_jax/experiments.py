@@ -1,4 +1,4 @@
-"""The paper's experiments (METHOD.md §6), each one ``base_config()`` plus its settings.
+"""The paper's experiments (docs/method.md §6), each one ``base_config()`` plus its settings.
 
 ``configs/<name>.py`` files call ``experiment(name)``; the README's configs table is this dict.
 """
@@ -21,7 +21,7 @@ PAPER = {
                            'more robust to transferred FGSM (Fig. 3b)'),
     'cifar100_by_imagenet': ('cifar100', 'imagenet32', 'resnet34', 10.0, 0.8, 60,
                              'more robust to Gaussian noise (Fig. 2c), slightly lower clean accuracy'),
-    # Not a figure of the paper: its setting for "other combinations" (METHOD §6); the full-scale
+    # Not a figure of the paper: its setting for "other combinations" (docs/method.md §6); the full-scale
     # study of launch/full_scale.sh.
     'fashion_mnist_by_fashion_mnist': ('fashion_mnist', 'fashion_mnist', 'resnet18', 10.0, 0.8, 20,
                                        '— (the paper\'s setting for other combinations, α=10, Th=0.8)'),

@@ -10,7 +10,7 @@ Image spaces:
     --to_unit-->     float32 [0, 1] [B, H, W, C] at the native size, grayscale by luma: the space
                      the attacks perturb and measure (MNIST family 28×28, as in the release)
     --fit_size-->    the network's input size (``config.image_size``; 0 = native, no change)
-    --normalize-->   the network's input values (MNIST: as is; CIFAR: 5·(x − 0.5), METHOD §5)
+    --normalize-->   the network's input values (MNIST: as is; CIFAR: 5·(x − 0.5), docs/method.md §5)
 ``model_input`` is ``to_unit`` then ``fit_size``.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ _LUMA_FIXED = (19595, 38470, 7471)
 
 
 def luma(images: Array) -> Array:
-  """[..., 3] RGB -> [..., 1] grayscale by luma (torchvision ``Grayscale``, METHOD §2).
+  """[..., 3] RGB -> [..., 1] grayscale by luma (torchvision ``Grayscale``, docs/method.md §2).
 
   uint8 input gives uint8 output rounded exactly as PIL does; float input gives the float
   weighted sum 0.299 R + 0.587 G + 0.114 B.

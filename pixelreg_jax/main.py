@@ -20,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pixelreg_jax import cli
+from pixelreg_jax import trainer as trainer_lib
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'fashion_mnist.py')
 
@@ -38,10 +39,10 @@ def main(argv):
   config = cli.config_value(_CONFIG)
   import jax  # pylint: disable=import-outside-toplevel  # Heavy imports after flag parsing.
 
-  from pixelreg_jax import parallel, train
+  from pixelreg_jax import parallel
   parallel.maybe_initialize_distributed()
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
-  result = train.train_and_evaluate(config, workdir)
+  result = trainer_lib.train_and_evaluate(config, workdir)
   if jax.process_index() == 0:
     print(json.dumps(result), flush=True)
 

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNet18/34 of the release (METHOD.md section 4), with the 5 similarity taps.
+"""CIFAR-style ResNet18/34 of the release (docs/method.md §4), with the 5 similarity taps.
 
 Stem: conv 7×7 stride 1 pad 3 → BN → ReLU (no max-pool). Four stages of basic blocks with
 widths w, 2w, 4w, 8w and strides 1, 2, 2, 2; 1×1 conv + BN shortcut when the shape changes.

@@ -35,7 +35,7 @@ Array = jax.Array
 
 
 def pixel_target(images: np.ndarray, labels: np.ndarray, config: ml_collections.ConfigDict) -> Array:
-  """S^pixel [N, N] of the regularization images, at the size the network sees them (METHOD §2)."""
+  """S^pixel [N, N] of the regularization images, at the size the network sees them (docs/method.md §2)."""
   del labels
   size = None if config.reg.keep_size else data_lib.input_size(config.dataset, config.image_size)
   return similarity.pixel_similarity(pipe.model_input(jnp.asarray(images), size, config.model.channels))

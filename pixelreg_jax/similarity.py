@@ -1,6 +1,6 @@
 """Pixel-similarity targets, model similarity and the arctanh² similarity loss.
 
-Everything here is a pure function of arrays (METHOD.md sections 1-3):
+Everything here is a pure function of arrays (docs/method.md §1-3):
 
 * ``pixel_similarity``  S^pixel = X Xᵀ of the centred, L2-normalised grayscale pixels.
 * ``threshold_targets`` S^Th ∈ {-1, 0, +1} (eq. 3 of the paper), or S^pixel itself.

@@ -1,4 +1,4 @@
-"""Attacks against their definitions (METHOD.md §7-8), with NumPy and analytic references."""
+"""Attacks against their definitions (docs/method.md §7-8), with NumPy and analytic references."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""The Boundary attack against analytic cases and hand-computed values (METHOD.md §8).
+"""The Boundary attack against analytic cases and hand-computed values (docs/method.md §8).
 
 The classifiers are plain functions of each image (a model), written so the answers are known:
 a linear classifier (distance to the boundary |w·x + c|/‖w‖), a "ball" classifier (everything

@@ -20,7 +20,8 @@ import pytest
 
 from conftest import ROOT, cli_overrides, run_env, synthetic_host_data, tiny_config, write_imported_dataset
 from pixelreg_jax import checkpoint as ckpt_lib
-from pixelreg_jax import errors, runs, train
+from pixelreg_jax import errors, rundir
+from pixelreg_jax.trainer import create_trainer, train_loop
 
 
 def _best_of(workdir, step, template):
@@ -30,7 +31,7 @@ def _best_of(workdir, step, template):
 
 
 def _final_state(workdir):
-  run = runs.load_run(str(workdir), log=lambda s: None)
+  run = rundir.load_run(str(workdir), log=lambda s: None)
   last = ckpt_lib.CheckpointManager(str(workdir), read_only=True).all_steps()[-1]
   return last, _best_of(workdir, last, run.variables)
 
@@ -97,10 +98,10 @@ def reference_run(tmp_path_factory):
   wd = tmp_path_factory.mktemp('ref')
   host = synthetic_host_data(n_train=96, n_test=32)
   config = tiny_config(num_epochs=3)
-  trainer = train.Trainer(config, str(wd), host)
-  trainer.fit(log=lambda s: None)
+  trainer = create_trainer(config, host)
+  fit = train_loop(trainer, str(wd), log=lambda s: None)
   (wd / 'config.json').write_text(config.to_json_best_effort())
-  return wd, host, config, jax.device_get(trainer.final_state.params), jax.device_get(trainer.best_variables)
+  return wd, host, config, jax.device_get(fit.final_state.params), jax.device_get(fit.best.variables)
 
 
 def _logged(capsys, caplog) -> str:
@@ -125,8 +126,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
 
   capsys.readouterr()
   caplog.set_level(logging.INFO, logger='absl')
-  trainer = train.Trainer(config, str(wd), host)
-  trainer.fit()
+  trainer = create_trainer(config, host)
+  fit = train_loop(trainer, str(wd))
   logged = _logged(capsys, caplog)
   assert 'checkpoint 3 is corrupt' in logged and 'corrupt/2-' in logged   # says why and where it went
   assert 'resumed from' in logged and 'after epoch 2' in logged
@@ -134,8 +135,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
   assert len(corrupt) == 1 and corrupt[0].startswith('2-')   # set aside, not deleted
   assert sorted(p for p in os.listdir(wd / 'checkpoints') if p.isdigit()) == ['0', '1', '2']
   # Epoch 3 was retrained from epoch 2's checkpoint and ended where the reference did.
-  _assert_trees_equal(trainer.final_state.params, ref_params)
-  _assert_trees_equal(trainer.best_variables, ref_best)
+  _assert_trees_equal(fit.final_state.params, ref_params)
+  _assert_trees_equal(fit.best.variables, ref_best)
 
 
 def test_evaluation_restore_is_verified_and_records_a_fallback(tmp_path, reference_run, monkeypatch):
@@ -144,7 +145,7 @@ def test_evaluation_restore_is_verified_and_records_a_fallback(tmp_path, referen
   ref_dir, _, _, _, ref_best = reference_run
   wd = tmp_path / 'run'
   shutil.copytree(ref_dir, wd)
-  clean = runs.load_run(str(wd), log=lambda s: None)
+  clean = rundir.load_run(str(wd), log=lambda s: None)
   assert clean.checkpoint_epoch == 3 and clean.fallback_reason is None
   _assert_trees_equal(clean.variables, ref_best)
   # Rewrite checkpoint 3's meta as if best had held other values when it was saved.
@@ -153,7 +154,7 @@ def test_evaluation_restore_is_verified_and_records_a_fallback(tmp_path, referen
   meta['checksums']['best'] = ckpt_lib.checksum(jax.tree.map(lambda v: v + 1, clean.variables))
   meta_path.write_text(json.dumps(meta))
   logs = []
-  run = runs.load_run(str(wd), log=logs.append)
+  run = rundir.load_run(str(wd), log=logs.append)
   assert run.checkpoint_epoch == 2
   assert 'checkpoint 3 is corrupt' in run.fallback_reason and 'best differs from its checksum' in run.fallback_reason
   assert len(logs) == 1 and 'checkpoint 3 is corrupt' in logs[0]
@@ -182,7 +183,7 @@ def test_bit_flips_in_best_never_change_the_evaluated_weights_silently(tmp_path,
     blob[pos - (int(np.cumsum(sizes)[k]) - sizes[k])] ^= 1 << rng.randrange(8)
     path.write_bytes(bytes(blob))
     try:
-      run = runs.load_run(str(wd), log=lambda s: None)
+      run = rundir.load_run(str(wd), log=lambda s: None)
     except errors.CheckpointError:   # e.g. a flip in the metadata's shapes: refused, also safe
       outcomes.append('refused')
       continue
@@ -216,11 +217,11 @@ def test_checkpoints_of_the_previous_format_are_read_and_verified(tmp_path, refe
   wd = tmp_path / 'legacy'
   shutil.copytree(ref_dir, wd)
   _as_legacy(wd)
-  run = runs.load_run(str(wd), log=lambda s: None)
+  run = rundir.load_run(str(wd), log=lambda s: None)
   assert run.checkpoint_epoch == 3 and run.fallback_reason is None
   _assert_trees_equal(run.variables, ref_best)
   _as_legacy(wd, wrong=True)
-  run = runs.load_run(str(wd), log=lambda s: None)
+  run = rundir.load_run(str(wd), log=lambda s: None)
   assert run.checkpoint_epoch == 2 and 'differ from their checksum' in run.fallback_reason
 
 
@@ -232,9 +233,9 @@ def test_a_checkpoint_of_another_width_is_refused_not_set_aside(tmp_path, refere
   shutil.copytree(ref_dir, wd)
   (wd / 'config.json').unlink()
   wider = tiny_config(num_epochs=4, **{'model.width': 8})
-  trainer = train.Trainer(wider, str(wd), host)
+  trainer = create_trainer(wider, host)
   with pytest.raises(errors.CheckpointError, match='holds a different model') as e:
-    trainer.fit(log=lambda s: None)
+    train_loop(trainer, str(wd), log=lambda s: None)
   msg = str(e.value)
   assert '\n' not in msg and 'use a new --workdir' in msg and str(wd) in msg
   assert 'float32[1, 4] there, float32[1, 8] now' in msg   # the first differing array (a BatchNorm's)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_env, synthetic_host_data, tiny_config
-from pixelreg_jax import cli, errors, report, train
+from pixelreg_jax import cli, errors, report, rundir
+from pixelreg_jax.trainer import create_trainer, train_loop
 
 
 def _run(args, timeout=300, **env_extra):
@@ -175,8 +176,9 @@ def trained(tmp_path_factory):
   wd = tmp_path_factory.mktemp('run')
   host = synthetic_host_data(n_train=96, n_test=40)
   config = tiny_config(num_epochs=1, num_seeds=2)
-  trainer = train.Trainer(config, str(wd), host)
-  result = trainer.fit(log=lambda s: None)
+  trainer = create_trainer(config, host)
+  fit = train_loop(trainer, str(wd), log=lambda s: None)
+  result = fit.result
   (wd / 'config.json').write_text(config.to_json_best_effort())
   return wd, host, result
 
@@ -208,7 +210,7 @@ def test_report_pools_seeds_and_writes_plot_and_table(tmp_path):
 
 
 def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch):
-  from pixelreg_jax import analysis, runs
+  from pixelreg_jax import analysis
   from pixelreg_jax import input_pipeline as pipe
   from pixelreg_jax.config import input_size
   wd, host, _ = trained
@@ -217,7 +219,7 @@ def test_analysis_matches_numpy_on_the_models_own_features(trained, monkeypatch)
   rec = analysis.analyze(str(wd), num_images=30, log=lambda s: None)
   assert rec['num_pairs'] == 30 * 29 // 2 and len(rec['seeds']) == 2
   # NumPy reference for seed 1: S^pixel from the formula, tap cosines from the taps.
-  run = runs.load_run(str(wd), log=lambda s: None)
+  run = rundir.load_run(str(wd), log=lambda s: None)
   size = input_size(run.config)
   v = run.seed_variables(1)
   x = np.asarray(pipe.model_input(jnp.asarray(host['train_x'][:30]), size, 1), np.float64)[..., 0].reshape(30, -1)
@@ -282,7 +284,7 @@ def test_report_refuses_two_copies_of_the_same_run(tmp_path, with_config):
   out = _run(['pixelreg_jax.report', f'--workdirs={a},{b}', f'--out={tmp_path}/out'])
   line = _one_error_line(out)
   assert 'hold the same run (seeds [0], same config)' in line and str(b) in line
-  # Different seeds of one config are different runs.
+  # Different seeds of one config are different rundir.
   c = _evaluated(tmp_path / 'c', 0.0, [[0.9, 0.5]], seeds=(1,), config=dict(config, seed=1) if config else None)
   assert report.aggregate(report.load_records([a, c]))['unregularized']['n'] == 2
 

@@ -40,7 +40,7 @@ def test_config_loads_and_validates(path):
     ('cifar100_by_imagenet', 'cifar100', 'imagenet32', 'resnet34', 10, 0.8, 60),
 ])
 def test_paper_settings(name, dataset, reg, model, alpha, th, epochs):
-  """METHOD.md §5-6, typed in again here."""
+  """docs/method.md §5-6, typed in again here."""
   c = load(configs.config_path(name))
   assert (c.dataset, c.reg.dataset, c.model.name, c.reg.alpha, c.reg.threshold, c.num_epochs) == \
       (dataset, reg, model, alpha, th, epochs)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_host_data, tiny_config
-from pixelreg_jax import attacks, errors, evaluate, train
+from pixelreg_jax import attacks, errors, evaluate
 from pixelreg_jax.attacks import whitebox
+from pixelreg_jax.trainer import create_trainer, train_loop
 
 
 @pytest.fixture(scope='module')
@@ -15,7 +16,7 @@ def trained(tmp_path_factory):
   host = synthetic_host_data(n_train=96, n_test=40)
   config = tiny_config(num_epochs=1, num_seeds=2)
   (wd / 'config.json').write_text(config.to_json_best_effort())
-  result = train.Trainer(config, str(wd), host).fit(log=lambda s: None)
+  result = train_loop(create_trainer(config, host), str(wd), log=lambda s: None).result
   return wd, host, result
 
 

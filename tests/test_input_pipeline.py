@@ -1,4 +1,4 @@
-"""Preprocessing as the release does it (METHOD.md §2, §4): luma grayscale, native 28×28 inputs."""
+"""Preprocessing as the release does it (docs/method.md §2, §4): luma grayscale, native 28×28 inputs."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""The ResNet against the architecture of METHOD.md §4 and the similarity path against NumPy."""
+"""The ResNet against the architecture of docs/method.md §4 and the similarity path against NumPy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +8,7 @@ from pixelreg_jax import models
 
 
 def expected_param_count(blocks, width, in_ch=1, classes=10):
-  """Counted by hand from METHOD §4: convs without bias, BN scale+bias, head, 5 layer weights."""
+  """Counted by hand from docs/method.md §4: convs without bias, BN scale+bias, head, 5 layer weights."""
   n = 7 * 7 * in_ch * width + 2 * width
   cin = width
   for i, nb in enumerate(blocks):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_env, synthetic_host_data, tiny_config
-from pixelreg_jax import errors, parallel, train
+from pixelreg_jax import errors, parallel
+from pixelreg_jax.trainer import create_trainer
 
 TESTS = os.path.join(ROOT, 'tests')   # run from here, `-m helpers.parallel_run` imports conftest without sys.path edits
 STABLE = ['reg.alpha=1.0', 'reg.threshold=0.8', 'optim.learning_rate=0.02', 'batch_size=16', 'reg.pairs_per_step=8']
@@ -116,14 +117,14 @@ def _steps(trainer, n):
 def test_stacked_seeds_equal_single_runs(mode):
   host = synthetic_host_data(n_train=96, n_test=32)
   overrides = {'reg.alpha': 1.0, 'reg.threshold': 0.8, 'optim.learning_rate': 0.02, 'seed_parallelism': mode}
-  stacked = _steps(train.Trainer(tiny_config(num_seeds=3, seed=5, **overrides), None, host), 2)
+  stacked = _steps(create_trainer(tiny_config(num_seeds=3, seed=5, **overrides), host), 2)
   stem = stacked.params['stem_conv']['kernel']
   assert stem.shape[0] == 3
   assert not np.allclose(stem[0], stem[1]) and not np.allclose(stem[1], stem[2])   # K different models
   # Seed 5+k of the stacked (vmapped) run is the single run with seed 5+k: own init, split,
   # data order and pairs. (Two steps: this loss amplifies float reordering over many steps.)
   for k in (2,):
-    single = _steps(train.Trainer(tiny_config(num_seeds=1, seed=5 + k, **overrides), None, host), 2)
+    single = _steps(create_trainer(tiny_config(num_seeds=1, seed=5 + k, **overrides), host), 2)
     for a, b in zip(jax.tree.leaves((stacked.params, stacked.batch_stats, stacked.sim_stats)),
                     jax.tree.leaves((single.params, single.batch_stats, single.sim_stats))):
       np.testing.assert_allclose(a[k], b[0], rtol=1e-4, atol=2e-5)
@@ -131,7 +132,7 @@ def test_stacked_seeds_equal_single_runs(mode):
 
 def test_half_precision_step_keeps_float32_master_params():
   host = synthetic_host_data(n_train=64, n_test=16)
-  t = train.Trainer(tiny_config(half_precision=True), None, host)
+  t = create_trainer(tiny_config(half_precision=True), host)
   st = t.init_state()
   st, m = t.step(st, t.epoch_order(0), 0)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(st.params))

@@ -5,7 +5,8 @@ import numpy as np
 
 from conftest import synthetic_host_data, tiny_config
 from pixelreg_jax import config as config_lib
-from pixelreg_jax import train
+from pixelreg_jax import population
+from pixelreg_jax.trainer import create_trainer
 
 
 def _steps(trainer, n):
@@ -18,12 +19,12 @@ def _steps(trainer, n):
 
 def test_population_members_equal_models_trained_alone():
   host = synthetic_host_data()
-  population = train.Trainer(tiny_config(population='0:0,4:0.2', num_seeds=1, seed=3), None, host)
+  population = create_trainer(tiny_config(population='0:0,4:0.2', num_seeds=1, seed=3), host)
   assert population.M == 2
   np.testing.assert_array_equal(population.members.alpha, [0.0, 4.0])
   pop_state, pop_metrics = _steps(population, 3)
   for m, (alpha, th) in enumerate([(0.0, 0.0), (4.0, 0.2)]):
-    alone = train.Trainer(tiny_config(seed=3, **{'reg.alpha': alpha, 'reg.threshold': th}), None, host)
+    alone = create_trainer(tiny_config(seed=3, **{'reg.alpha': alpha, 'reg.threshold': th}), host)
     state, metrics = _steps(alone, 3)
     np.testing.assert_allclose(pop_metrics['loss'][m], metrics['loss'][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(pop_state.variables()), jax.tree.leaves(state.variables())):
@@ -37,7 +38,7 @@ def test_population_members_equal_models_trained_alone():
 def test_population_settings_and_member_layout():
   c = tiny_config(population='0:0, 4:0.8 ,10:0.8', num_seeds=2, seed=5)
   assert config_lib.settings(c) == [(0.0, 0.0), (4.0, 0.8), (10.0, 0.8)]
-  m = train.members(c)
+  m = population.members(c)
   np.testing.assert_array_equal(m.alpha, [0, 0, 4, 4, 10, 10])
   np.testing.assert_array_equal(m.seed, [5, 6, 5, 6, 5, 6])
   np.testing.assert_allclose(m.threshold, [0, 0, 0.8, 0.8, 0.8, 0.8])

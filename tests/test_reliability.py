@@ -21,7 +21,7 @@ import pytest
 
 from conftest import ROOT, cli_overrides, run_env, write_imported_dataset
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import errors, runs, workdir
+from pixelreg_jax import errors, rundir
 
 
 def _errors(proc, status=2) -> str:
@@ -53,9 +53,9 @@ def _wait_for(predicate, proc, timeout=300):
 
 _HOLD = textwrap.dedent('''
     import sys, time
-    from pixelreg_jax import cli, workdir
-    path = workdir.ensure_directory(sys.argv[1])
-    with cli.one_line_errors(), workdir.lock(path):
+    from pixelreg_jax import cli, rundir
+    path = rundir.ensure_directory(sys.argv[1])
+    with cli.one_line_errors(), rundir.lock(path):
       print('locked', flush=True)
       time.sleep(float(sys.argv[2]))
 ''')
@@ -84,15 +84,15 @@ def test_workdir_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_pat
 
 def test_the_lock_is_released_on_exceptions_and_reentry_is_refused(tmp_path):
   with pytest.raises(ZeroDivisionError):
-    with workdir.lock(str(tmp_path)):
+    with rundir.lock(str(tmp_path)):
       1 / 0
-  with workdir.lock(str(tmp_path)):
-    assert open(tmp_path / workdir.LOCK_NAME).read().split()[0] == str(os.getpid())
+  with rundir.lock(str(tmp_path)):
+    assert open(tmp_path / rundir.LOCK_NAME).read().split()[0] == str(os.getpid())
     # A second open file description of the same lock, as another run would have.
     with pytest.raises(errors.ConfigError, match=rf'pid {os.getpid()} on'):
-      with workdir.lock(str(tmp_path)):
+      with rundir.lock(str(tmp_path)):
         pass
-  with workdir.lock(str(tmp_path)), workdir.lock(str(tmp_path), enabled=False):
+  with rundir.lock(str(tmp_path)), rundir.lock(str(tmp_path), enabled=False):
     pass
 
 
@@ -100,10 +100,10 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
   path = tmp_path / 'notes.txt'
   path.write_text('my notes')
   with pytest.raises(errors.ConfigError, match='is an existing file, not a directory'):
-    workdir.ensure_directory(str(path))
+    rundir.ensure_directory(str(path))
   with pytest.raises(errors.ConfigError, match='cannot be created'):
-    workdir.ensure_directory(str(path / 'run'))
-  assert workdir.ensure_directory(str(tmp_path / 'a' / 'b')) == str(tmp_path / 'a' / 'b')
+    rundir.ensure_directory(str(path / 'run'))
+  assert rundir.ensure_directory(str(tmp_path / 'a' / 'b')) == str(tmp_path / 'a' / 'b')
   out = subprocess.run(_main(path, tmp_path / 'data'), cwd=ROOT, env=run_env(), capture_output=True, text=True,
                        timeout=300)
   assert str(path) in _errors(out)
@@ -118,7 +118,7 @@ def test_two_training_runs_on_one_workdir_the_second_stops_in_one_line(tmp_path)
   first = subprocess.Popen(_main(wd, data_dir, **{'reg.alpha': 1, 'num_epochs': 50}), cwd=ROOT, env=run_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    lock_file = wd / workdir.LOCK_NAME
+    lock_file = wd / rundir.LOCK_NAME
     _wait_for(lambda: lock_file.is_file() and lock_file.read_text().split()[:1] == [str(first.pid)], first)
     second = subprocess.run(_main(wd, data_dir, **{'reg.alpha': 0}), cwd=ROOT, env=run_env(), capture_output=True,
                             text=True, timeout=600)
@@ -126,7 +126,7 @@ def test_two_training_runs_on_one_workdir_the_second_stops_in_one_line(tmp_path)
   finally:
     first.send_signal(signal.SIGKILL)
     first.communicate()
-  with workdir.lock(str(wd)):   # the killed run left no stale lock
+  with rundir.lock(str(wd)):   # the killed run left no stale lock
     pass
 
 
@@ -146,7 +146,7 @@ def test_ctrl_c_during_training_is_one_line_130_and_keeps_the_checkpoints(tmp_pa
   assert line == 'error: interrupted (Ctrl-C)'
   assert not (wd / 'result.json').exists()
   # The finished epochs' checkpoints are intact: evaluation reads the newest, verified.
-  assert runs.load_run(str(wd), log=lambda s: None).fallback_reason is None
+  assert rundir.load_run(str(wd), log=lambda s: None).fallback_reason is None
 
 
 @pytest.mark.parametrize('moment', ['loading', 'compiling'])
@@ -164,7 +164,7 @@ def test_ctrl_c_while_starting_is_one_line_130(tmp_path, moment):
     if moment == 'loading':
       _wait_for(lambda: wd.is_dir(), proc)   # past flag parsing: the run has begun
     else:
-      _wait_for(lambda: 'train.py' in err_path.read_text() and 'training ' in err_path.read_text(), proc)
+      _wait_for(lambda: 'trainer.py' in err_path.read_text() and 'training ' in err_path.read_text(), proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
   err = err_path.read_text()
@@ -192,7 +192,7 @@ def test_a_full_disk_during_training_stops_at_once_in_one_line(tmp_path):
   saved = sorted(int(p) for p in os.listdir(wd / 'checkpoints') if p.isdigit())
   assert failed_epoch >= 2 and saved == list(range(failed_epoch - 1))[-3:]   # keep=3, none lost or half
   assert not (wd / 'result.json').exists()
-  run = runs.load_run(str(wd), log=lambda s: None)   # the earlier checkpoints read back, verified
+  run = rundir.load_run(str(wd), log=lambda s: None)   # the earlier checkpoints read back, verified
   assert run.checkpoint_epoch == failed_epoch - 1 and run.fallback_reason is None
 
 

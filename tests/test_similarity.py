@@ -1,4 +1,4 @@
-"""The similarity math against NumPy implementations written from METHOD.md §1-3."""
+"""The similarity math against NumPy implementations written from docs/method.md §1-3."""
 import itertools
 
 import jax
@@ -8,7 +8,7 @@ import pytest
 
 from pixelreg_jax import similarity as S
 
-# ---------------------------------------------------------------- NumPy references (METHOD.md)
+# ---------------------------------------------------------------- NumPy references (docs/method.md)
 
 def np_pixel_similarity(images):
   x = np.asarray(images, np.float64)

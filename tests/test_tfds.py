@@ -5,8 +5,10 @@ import pytest
 tfds = pytest.importorskip('tensorflow_datasets')
 
 from conftest import tiny_config  # noqa: E402
-from pixelreg_jax import data, errors, regularizers, tfds_source, train  # noqa: E402
+from pixelreg_jax import data, errors, regularizers, tfds_source  # noqa: E402
 from pixelreg_jax import input_pipeline as pipe  # noqa: E402
+from pixelreg_jax import trainer as trainer_lib  # noqa: E402
+from pixelreg_jax.trainer import create_trainer, train_loop  # noqa: E402
 
 CASES = [('mnist', (28, 28, 1), 10), ('fashion_mnist', (28, 28, 1), 10), ('cifar10', (32, 32, 3), 10),
          ('cifar100', (32, 32, 3), 100), ('imagenet32', (32, 32, 3), 1000)]
@@ -46,9 +48,9 @@ def test_training_on_tfds_data_with_a_different_reg_source(tmp_path, mock_tfds):
   c = tiny_config(dataset='cifar10', augment=True, num_epochs=1, batch_size=8, data_dir=str(tmp_path), download=True)
   c.reg.dataset = 'imagenet32'
   c.reg.num_images = 20
-  host = train.load_data(c)
+  host = trainer_lib.load_data(c)
   assert host['reg']['images'].shape == (20, 32, 32, 3)
-  result = train.Trainer(c, None, host).fit(log=lambda s: None)
+  result = train_loop(create_trainer(c, host), log=lambda s: None).result
   assert np.isfinite(result['test_loss'])
 
 
@@ -57,12 +59,12 @@ def test_imagenet2012_is_reduced_like_the_release_and_fed_at_its_size(tmp_path, 
   assert x.shape == (6, 36, 64, 1) and x.dtype == np.uint8
   c = tiny_config(num_epochs=1, data_dir=str(tmp_path), download=True, batch_size=4)
   c.reg.dataset, c.reg.num_images, c.reg.keep_size = 'imagenet2012', 12, True
-  host = train.load_data(c)
+  host = trainer_lib.load_data(c)
   assert host['reg']['images'].shape == (12, 36, 64, 1)
-  trainer = train.Trainer(c, None, host)
+  trainer = create_trainer(c, host)
   assert trainer.data.reg.matrix.shape == (12, 12)
   batch = pipe.train_batch(trainer.data, trainer.train_indices_dev[0], 0, 0, trainer.keys.augment[0], trainer.spec)
   pairs = regularizers.pair_batch(trainer.data.reg, trainer.keys.pairs[0], 0, 0.8, trainer.spec)
   assert batch['image'].shape == (4, 28, 28, 1) and pairs['reg_a'].shape == (4, 36, 64, 1)   # native sizes
   # The classification and the 36×64 pair images differ in size: the step runs the three passes.
-  assert np.isfinite(trainer.fit(log=lambda s: None)['test_loss'])
+  assert np.isfinite(train_loop(trainer, log=lambda s: None).result['test_loss'])

@@ -9,8 +9,10 @@ import pytest
 
 from conftest import synthetic_host_data, tiny_config
 from pixelreg_jax import config as config_lib
-from pixelreg_jax import errors, models, similarity, train
+from pixelreg_jax import errors, models, population, progress, rundir, similarity, train
 from pixelreg_jax import input_pipeline as pipe
+from pixelreg_jax import trainer as trainer_lib
+from pixelreg_jax.trainer import create_trainer, train_loop
 
 
 def _batch(host, config, n_pairs=4, seed=0):
@@ -106,8 +108,9 @@ def test_regularized_steps_move_model_similarities_toward_targets(host_data):
 
 def test_train_step_compiles_once_and_fit_writes_metrics(tmp_path, host_data):
   config = tiny_config()
-  trainer = train.Trainer(config, str(tmp_path), host_data)
-  result = trainer.fit(log=lambda s: None)
+  trainer = create_trainer(config, host_data)
+  fit = train_loop(trainer, str(tmp_path), log=lambda s: None)
+  result = fit.result
   assert trainer._step_jit._cache_size() == 1
   assert trainer._epoch_order_jit._cache_size() == 1
   assert 0 <= result['test_accuracy'] <= 1 and np.isfinite(result['test_loss'])
@@ -121,7 +124,7 @@ def test_training_learns_synthetic_classes(tmp_path):
   host = synthetic_host_data(n_train=320, n_test=100)
   config = tiny_config(**{'num_epochs': 3, 'reg.alpha': 0.5, 'reg.threshold': 0.8, 'batch_size': 16,
                           'optim.learning_rate': 0.05})
-  result = train.Trainer(config, None, host).fit(log=lambda s: None)
+  result = train_loop(create_trainer(config, host), log=lambda s: None).result
   assert result['test_accuracy'] > 0.6   # Ten classes: chance is 0.1.
 
 
@@ -135,15 +138,15 @@ def test_learning_rate_schedule():
 
 def test_split_indices_disjoint_deterministic_and_subset():
   k = jax.random.PRNGKey(3)
-  tr, va = train.split_indices(k, 1000, 0.01, 0)
+  tr, va = population.split_indices(k, 1000, 0.01, 0)
   assert len(va) == 10 and len(tr) == 990 and not set(tr) & set(va)
-  tr2, va2 = train.split_indices(k, 1000, 0.01, 0)
+  tr2, va2 = population.split_indices(k, 1000, 0.01, 0)
   np.testing.assert_array_equal(tr, tr2)
   np.testing.assert_array_equal(va, va2)
-  tr3, va3 = train.split_indices(k, 1000, 0.01, 100)
+  tr3, va3 = population.split_indices(k, 1000, 0.01, 100)
   np.testing.assert_array_equal(va3, va)
   assert len(tr3) == 100 and not set(tr3) & set(va)
-  _, va4 = train.split_indices(jax.random.PRNGKey(4), 1000, 0.01, 0)
+  _, va4 = population.split_indices(jax.random.PRNGKey(4), 1000, 0.01, 0)
   assert not np.array_equal(va, va4)
 
 
@@ -174,45 +177,46 @@ def test_invalid_config_values_give_one_line_errors(field, value, match):
 def test_data_dependent_errors_before_compiling(host_data):
   c = tiny_config(**{'reg.num_images': 100})   # Only 64 training images exist.
   with pytest.raises(errors.ConfigError, match='reg.num_images=100 exceeds the 64') as e:
-    train.Trainer(c, None, host_data)
+    create_trainer(c, host_data)
   assert '\n' not in str(e.value)
   c = tiny_config(**{'batch_size': 512})
   with pytest.raises(errors.ConfigError, match='batch_size'):
-    train.Trainer(c, None, host_data)
+    create_trainer(c, host_data)
 
 
 def test_resuming_a_workdir_with_a_different_config_is_refused(tmp_path, host_data):
   c = tiny_config(**{'num_epochs': 1})
-  train.Trainer(c, str(tmp_path), host_data).fit(log=lambda s: None)
+  train_loop(create_trainer(c, host_data), str(tmp_path), log=lambda s: None).result
   (tmp_path / 'config.json').write_text(c.to_json_best_effort())
   c2 = tiny_config(**{'num_epochs': 1, 'reg.alpha': 2.0})
   with pytest.raises(errors.ConfigError, match='reg.alpha'):
-    train.check_workdir_config(c2, str(tmp_path))
-  train.check_workdir_config(tiny_config(**{'num_epochs': 5}), str(tmp_path))   # More epochs: fine.
+    rundir.check_config(c2, str(tmp_path))
+  rundir.check_config(tiny_config(**{'num_epochs': 5}), str(tmp_path))   # More epochs: fine.
 
 
 def test_without_validation_images_the_last_epoch_is_selected(host_data):
-  trainer = train.Trainer(tiny_config(val_fraction=0.0), None, host_data)
-  result = trainer.fit(log=lambda s: None)
+  trainer = create_trainer(tiny_config(val_fraction=0.0), host_data)
+  fit = train_loop(trainer, log=lambda s: None)
+  result = fit.result
   assert result['best_epoch'] == [2] and 'last epoch' in result['selection']
   # The selected variables are the final ones, not the initial ones.
-  for a, b in zip(jax.tree.leaves(trainer.best_variables), jax.tree.leaves(trainer.final_state.variables())):
+  for a, b in zip(jax.tree.leaves(fit.best.variables), jax.tree.leaves(fit.final_state.variables())):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_earlier_checkpoints(tmp_path, host_data):
   c = tiny_config(num_epochs=1, **{'reg.alpha': 0.0})
-  train.Trainer(c, str(tmp_path), host_data).fit(log=lambda s: None)   # 1 good epoch
+  train_loop(create_trainer(c, host_data), str(tmp_path), log=lambda s: None).result   # 1 good epoch
   c2 = tiny_config(num_epochs=2, **{'reg.alpha': 0.0})
   c2.optim.learning_rate = 1e30   # resumed with a learning rate that makes epoch 2 diverge
   with pytest.raises(errors.TrainingError, match='diverged.*epoch 2.*last good checkpoint') as e:
-    train.Trainer(c2, str(tmp_path), host_data).fit(log=lambda s: None)
+    train_loop(create_trainer(c2, host_data), str(tmp_path), log=lambda s: None).result
   assert '\n' not in str(e.value)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['0']   # nothing of epoch 2 saved
 
 
 def test_nan_validation_loss_never_counts_as_best():
-  best = train.BestSoFar({'w': jnp.zeros((2, 3))}, 2)
+  best = trainer_lib.BestSoFar({'w': jnp.zeros((2, 3))}, 2)
   improved = best.update({'w': jnp.ones((2, 3))}, np.array([np.nan, 1.0]), 0)
   np.testing.assert_array_equal(improved, [False, True])
   np.testing.assert_array_equal(np.asarray(best.variables['w']), [[0, 0, 0], [1, 1, 1]])
@@ -220,10 +224,10 @@ def test_nan_validation_loss_never_counts_as_best():
 
 
 def test_metrics_jsonl_is_strict_json_without_duplicates_after_resume(tmp_path, host_data):
-  train.Trainer(tiny_config(num_epochs=1), str(tmp_path), host_data).fit(log=lambda s: None)
+  train_loop(create_trainer(tiny_config(num_epochs=1), host_data), str(tmp_path), log=lambda s: None).result
   with open(tmp_path / 'metrics.jsonl', 'a') as f:   # a record of an epoch whose checkpoint a kill lost
     f.write(json.dumps({'epoch': 2, 'val_loss': 1.0}) + '\n')
-  train.Trainer(tiny_config(num_epochs=2), str(tmp_path), host_data).fit(log=lambda s: None)
+  train_loop(create_trainer(tiny_config(num_epochs=2), host_data), str(tmp_path), log=lambda s: None).result
   text = (tmp_path / 'metrics.jsonl').read_text()
   assert 'NaN' not in text and 'Infinity' not in text
   records = [json.loads(line) for line in text.splitlines()]
@@ -233,5 +237,5 @@ def test_metrics_jsonl_is_strict_json_without_duplicates_after_resume(tmp_path, 
 
 
 def test_console_line_shows_every_metric():
-  line = train.console_line({'accuracy': 0.5, 'loss': 1.25, 'new_metric': 3.0, 'ce_loss': 1.0})
+  line = progress.console_line({'accuracy': 0.5, 'loss': 1.25, 'new_metric': 3.0, 'ce_loss': 1.0})
   assert line == 'loss 1.2500 ce 1.0000 acc 0.5000 new_metric 3.0000'

@@ -1,4 +1,4 @@
-"""Robustness attacks as pure JAX functions (METHOD.md sections 7 and 8, and beyond the paper).
+"""Robustness attacks as pure JAX functions (docs/method.md §7 and §8, and beyond the paper).
 
   levels       noise and transferred FGSM, one strength per call (``LEVEL_ATTACKS``)
   boundary     the decision-based Boundary attack (``boundary_attack``; release or strong protocol)

@@ -1,4 +1,4 @@
-"""Decision-based Boundary attack (Brendel, Rauber & Bethge 2018), batched over images (METHOD §8).
+"""Decision-based Boundary attack (Brendel, Rauber & Bethge 2018), batched over images (docs/method.md §8).
 
 Two protocols (``BoundaryConfig.protocol``); results must name the one that produced them:
 

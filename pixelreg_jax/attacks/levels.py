@@ -1,4 +1,4 @@
-"""Level attacks (METHOD.md section 7) as pure JAX functions: one strength per call.
+"""Level attacks (docs/method.md §7) as pure JAX functions: one strength per call.
 
 All work on images in [0, 1] at the network's input size, [B, H, W, C]. A model is seen only
 through ``logits_fn(images) -> [B, classes]`` (normalisation included).
@@ -26,7 +26,7 @@ import numpy as np
 Array = jax.Array
 
 # ---------------------------------------------------------------------------------------
-# Levels (METHOD §7): linspace(0, max, 10).
+# Levels (docs/method.md §7): linspace(0, max, 10).
 # ---------------------------------------------------------------------------------------
 
 MAX_LEVELS = {

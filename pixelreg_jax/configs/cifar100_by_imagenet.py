@@ -1,4 +1,4 @@
-"""Paper experiment 'cifar100_by_imagenet' (METHOD.md §6; settings in pixelreg_jax/experiments.py).
+"""Paper experiment 'cifar100_by_imagenet' (docs/method.md §6; settings in pixelreg_jax/experiments.py).
 
 The unregularized baseline: --config.reg.alpha=0.
 """

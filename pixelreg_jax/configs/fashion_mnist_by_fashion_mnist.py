@@ -1,4 +1,4 @@
-"""Fashion-MNIST regularized by Fashion-MNIST at the paper's scale (α=10, Th=0.8: METHOD.md §6's
+"""Fashion-MNIST regularized by Fashion-MNIST at the paper's scale (α=10, Th=0.8: docs/method.md §6's
 setting for other combinations); the full-scale study of launch/full_scale.sh.
 
 The unregularized baseline: --config.reg.alpha=0.

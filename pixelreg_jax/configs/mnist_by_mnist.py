@@ -1,4 +1,4 @@
-"""Paper experiment 'mnist_by_mnist' (METHOD.md §6; settings in pixelreg_jax/experiments.py).
+"""Paper experiment 'mnist_by_mnist' (docs/method.md §6; settings in pixelreg_jax/experiments.py).
 
 The unregularized baseline: --config.reg.alpha=0.
 """

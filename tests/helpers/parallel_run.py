@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from conftest import synthetic_host_data, tiny_config
-from pixelreg_jax import parallel, train
+from pixelreg_jax import parallel
+from pixelreg_jax.trainer import create_trainer
 
 
 def parse(v):
@@ -27,7 +28,7 @@ def main():
   overrides = dict(kv.split('=', 1) for kv in sys.argv[4:])
   c = tiny_config(**{k: parse(v) for k, v in overrides.items()})
   host = synthetic_host_data(n_train=96, n_test=32)
-  t = train.Trainer(c, None, host, mesh=parallel.make_mesh(jax.devices()[:devices]))
+  t = create_trainer(c, host, mesh=parallel.make_mesh(jax.devices()[:devices]))
   st = t.init_state()
   order = t.epoch_order(0)
   losses = []
