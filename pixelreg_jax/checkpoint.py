@@ -7,6 +7,12 @@ Layout: ``<workdir>/checkpoints/<epoch>/`` holds three items:
 The latest ``keep`` epochs are kept; the best model travels inside every checkpoint, so it
 is never lost with an old one.
 
+Saves are synchronous (orbax's ``enable_async_checkpointing=False``): ``save`` returns when the
+checkpoint is on disk, and a failed write (disk full, permissions) is one ``CheckpointError`` at
+once; the checkpoints of earlier epochs are untouched by it. Orbax writes a checkpoint into a
+temporary directory and renames it when complete, so a kill during a save leaves no half
+checkpoint behind.
+
 Every restore is verified and tells three cases apart:
   * incompatible: the checkpoint's tree (names, shapes, dtypes; read from orbax's metadata,
     before any data) differs from the current model's, e.g. another width or a code change
@@ -17,28 +23,19 @@ Every restore is verified and tells three cases apart:
     uses the one before; evaluation (read-only) skips it. Either way a warning says why, and
     ``last_restore`` records which checkpoint was used and what was skipped.
   * good: restored bit for bit as saved.
-Checkpoints written before per-item checksums (meta ``checksum`` = [Σx, Σx²] over state and
-best together) are still read: the state is restored too, to check the combined sums.
-
-Orbax writes a checkpoint into a temporary directory and renames it when complete, so a kill
-during a save leaves no half checkpoint behind. ``save`` waits for the write and turns a
-failure (disk full, permissions) into one ``CheckpointError`` at once; the checkpoints of
-earlier epochs are untouched by a failed save.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import io
 import logging as std_logging
 import os
 import re
 import shutil
 import sys
+import threading
 import time
-import traceback
-import warnings
 import zlib
 from typing import Any, Callable, Optional
 
@@ -50,7 +47,7 @@ from jax.experimental import multihost_utils
 
 from pixelreg_jax.errors import CheckpointError
 
-FORMAT = 2   # meta['format']: 2 = per-item CRC-32 in meta['checksums']; absent = legacy [Σx, Σx²].
+FORMAT = 2   # meta['format']: 2 = a CRC-32 of each item in meta['checksums'].
 ITEMS = ('state', 'best')
 
 
@@ -64,7 +61,7 @@ def checksum(tree: Any) -> str:
   """'crc32:xxxxxxxx' over every leaf's dtype, shape and raw bytes, in tree order.
 
   Any change of a value (a single flipped bit included), shape or dtype changes it. Reads
-  the arrays to the host; about 1 GB/s."""
+  the arrays to the host."""
   crc = 0
   for leaf in jax.tree.leaves(jax.device_get(tree)):
     a = np.ascontiguousarray(leaf)
@@ -73,32 +70,13 @@ def checksum(tree: Any) -> str:
   return f'crc32:{crc:08x}'
 
 
-def legacy_checksum(tree: Any) -> list[float]:
-  """[Σx, Σx²] over every leaf in float64: the checksum of checkpoints before format 2."""
-  total, total_sq = 0.0, 0.0
-  with np.errstate(all='ignore'):   # Damaged data may hold NaN/inf: the comparison catches it.
-    for leaf in jax.tree.leaves(jax.device_get(tree)):
-      a = np.asarray(leaf, np.float64)
-      total += float(a.sum())
-      total_sq += float(np.square(a).sum())
-  return [total, total_sq]
-
-
-def _key_name(k) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
 def describe_tree(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   """{'params/stem_conv/kernel': (shape, dtype name)} for every array leaf of a tree, or of
   orbax's metadata tree of a saved item (tuples and namedtuples give the same paths)."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
-      out['/'.join(_key_name(k) for k in path)] = (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype).name)
-  return out
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): (tuple(int(d) for d in leaf.shape),
+                                                                   np.dtype(leaf.dtype).name)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype')}
 
 
 def tree_differences(saved: dict, current: dict) -> list[str]:
@@ -141,75 +119,65 @@ def _save_failure_reason(e: BaseException) -> str:
   return _first_line(chain[0])
 
 
-class _HeldErrors(std_logging.Filter):
-  """Holds back orbax's ERROR records (whole tracebacks of its writer threads) while a save
-  runs: a failure becomes one CheckpointError instead; they are logged at DEBUG."""
+class _OtherThreadsHeld(io.TextIOBase):
+  """``sys.stderr`` while a save runs: the main thread writes through; what other threads write
+  (tensorstore's callbacks print a traceback each, 'Event loop is closed', when the writes that
+  were still in flight after a failed save complete) is held back.
 
-  def __init__(self):
+  After a successful save the held text is written out; after a failed one this stays in place
+  for the rest of the process (which ends with the one-line error), turning those late
+  tracebacks into DEBUG log records.
+  """
+
+  def __init__(self, stream):
     super().__init__()
-    self.held: list[std_logging.LogRecord] = []
+    self.stream, self.held, self.failed = stream, [], False
+
+  def write(self, text: str) -> int:
+    if threading.current_thread() is threading.main_thread():
+      return self.stream.write(text)
+    if self.failed:
+      logging.debug('after a failed save: %s', text.rstrip())
+    else:
+      self.held.append(text)
+    return len(text)
+
+  def flush(self) -> None:
+    self.stream.flush()
+
+
+class _OrbaxErrorsToDebug(std_logging.Filter):
+  """Orbax's ERROR records (each a traceback of a failed write, logged by its threads): the
+  failure is reported once, as a CheckpointError; these go to DEBUG."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.levelno >= std_logging.ERROR and f'{os.sep}orbax{os.sep}' in record.pathname:
-      self.held.append(record)
+      logging.debug('orbax: %s', record.getMessage())
       return False
     return True
 
 
-class _OrphanedOrbaxTasks(std_logging.Filter):
-  """After a failed save, asyncio logs each of orbax's other failed writes as '... exception
-  was never retrieved' (with a traceback) whenever its future is collected, maybe at exit: the
-  failure is already reported as one CheckpointError, so these go to DEBUG."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    message = record.getMessage()
-    if 'exception was never retrieved' not in message:
-      return True
-    text = message + (''.join(traceback.format_exception(*record.exc_info)) if record.exc_info else '')
-    if 'orbax' not in text:   # its code in the traceback, or its temporary directory in the message
-      return True
-    logging.debug('orbax (after a failed save): %s', message.splitlines()[0])
-    return False
-
-
-def _quiet_after_failed_save() -> None:
-  """What a failed orbax save leaves behind reports itself later (orphaned futures, coroutines
-  never awaited, at collection or at exit); the failure is reported once, as CheckpointError."""
-  std_logging.getLogger('asyncio').addFilter(_ORPHANED_TASKS)
-  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
-
-
-_ORPHANED_TASKS = _OrphanedOrbaxTasks()
-_LATE_PRINT_GRACE_S = 0.5
+_ORBAX_ERRORS = _OrbaxErrorsToDebug()
 
 
 @contextlib.contextmanager
-def _orbax_errors_held():
-  """While inside, orbax's ERROR records and whatever its threads print on stderr (tensorstore
-  callbacks that find orbax's event loop closed after a failed write print tracebacks) are held
-  back; they are logged at DEBUG afterwards, and stderr output is replayed if nothing failed."""
-  logger, held, printed = logging.get_absl_logger(), _HeldErrors(), io.StringIO()
-  logger.addFilter(held)
-  failed = True
+def _save_noise_held():
+  """While a save runs: orbax's error records to DEBUG, other threads' stderr held back
+  (``_OtherThreadsHeld``); after a failure both stay in place for the rest of the process."""
+  if isinstance(sys.stderr, _OtherThreadsHeld):   # a save failed before: everything stays in place
+    yield
+    return
+  logger, held = logging.get_absl_logger(), _OtherThreadsHeld(sys.stderr)
+  logger.addFilter(_ORBAX_ERRORS)
+  sys.stderr = held
   try:
-    with contextlib.redirect_stderr(printed):
-      try:
-        yield held
-      except BaseException:
-        _quiet_after_failed_save()
-        gc.collect()                       # collect the failed write tasks while output is held
-        time.sleep(_LATE_PRINT_GRACE_S)   # the late tracebacks come within milliseconds
-        raise
-    failed = False
-  finally:
-    logger.removeFilter(held)
-    for record in held.held:
-      logging.debug('orbax: %s', record.getMessage())
-    if printed.getvalue():
-      if failed:
-        logging.debug('printed during the save: %s', printed.getvalue())
-      else:
-        sys.stderr.write(printed.getvalue())
+    yield
+  except BaseException:
+    held.failed = True
+    raise
+  logger.removeFilter(_ORBAX_ERRORS)
+  sys.stderr = held.stream
+  held.stream.write(''.join(held.held))
 
 
 @dataclasses.dataclass
@@ -249,13 +217,9 @@ class CheckpointManager:
     workdir: the run directory; checkpoints go to ``<workdir>/checkpoints``.
     keep: how many of the latest checkpoints to keep.
     read_only: never save nor move anything (evaluation); the directory must exist.
-    wait_for_saves: each ``save`` returns only when its checkpoint is on disk, so a failed
-      save stops the run at once. False: orbax writes in the background while training goes
-      on (saves the write time, e.g. ~1 s per epoch for a full-width ResNet18 on a busy CPU
-      host), and a failure surfaces at the next ``save``/``check``/``wait``.
   """
 
-  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False, wait_for_saves: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     if read_only and not os.path.isdir(self.directory):
@@ -263,71 +227,39 @@ class CheckpointManager:
                             f'python -m pixelreg_jax.main --workdir={workdir}')
     # Read-only use simply never saves (orbax's own read_only mode only adds warnings).
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           cleanup_tmp_directories=not read_only)
+                                           cleanup_tmp_directories=not read_only, enable_async_checkpointing=False)
     handlers = {'state': ocp.StandardCheckpointHandler(), 'best': ocp.StandardCheckpointHandler(),
                 'meta': ocp.JsonCheckpointHandler()}
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-    self.wait_for_saves = wait_for_saves
     self.last_restore: Optional[Restored] = None
     self._skipped: list[str] = []
-    self._pending: Optional[int] = None   # the epoch of a save not yet known to have succeeded
 
   def all_steps(self) -> list[int]:
     return sorted(self._mngr.all_steps())
 
-  # -- saving ------------------------------------------------------------------------
-
   def save(self, epoch: int, state, best_variables: dict, meta: dict) -> None:
-    """Saves the checkpoint of a finished epoch (0-based).
-
-    With ``wait_for_saves`` (the default) it returns when the checkpoint is on disk; else the
-    write goes on in the background and its outcome is checked by the next ``save``, ``check``
-    or ``wait``.
+    """Saves the checkpoint of a finished epoch (0-based); returns when it is on disk.
 
     Raises:
-      CheckpointError: this save (or, in the background mode, the previous one) failed: disk
-        full, no permission, …; the checkpoints of earlier epochs are intact.
+      CheckpointError: the save failed (disk full, no permission, …) or orbax did not write it;
+        the checkpoints of earlier epochs are intact.
     """
-    self._finish_pending(block=True)
     tree = state_tree(state)
     meta = dict(meta, format=FORMAT, checksums={'state': checksum(tree), 'best': checksum(best_variables)},
                 saved_at=time.time())
-    self._pending = epoch
-    with self._errors_as_checkpoint_error():
-      self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                     best=ocp.args.StandardSave(best_variables),
-                                                     meta=ocp.args.JsonSave(meta)))
-    if self.wait_for_saves:
-      self._finish_pending(block=True)
-
-  def check(self) -> None:
-    """Raises CheckpointError now if a background save has already failed (never blocks)."""
-    self._finish_pending(block=False)
-
-  def wait(self) -> None:
-    """Waits for a background save; raises CheckpointError if it failed."""
-    self._finish_pending(block=True)
-
-  def _finish_pending(self, block: bool) -> None:
-    with self._errors_as_checkpoint_error():
-      if block:
-        self._mngr.wait_until_finished()
-      else:
-        self._mngr.check_for_errors()
-    if block:
-      self._pending = None
-
-  @contextlib.contextmanager
-  def _errors_as_checkpoint_error(self):
-    """Orbax's failures of the pending save as one CheckpointError (its logged tracebacks held back)."""
+    where = f'the checkpoint of epoch {epoch + 1} in {self.directory}'
     try:
-      with _orbax_errors_held():
-        yield
+      with _save_noise_held():
+        saved = self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                               best=ocp.args.StandardSave(best_variables),
+                                                               meta=ocp.args.JsonSave(meta)))
+        self._mngr.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      epoch, self._pending = self._pending, None
-      which = f'the checkpoint of epoch {epoch + 1}' if epoch is not None else 'a checkpoint'
-      raise CheckpointError(f'could not save {which} in {self.directory}: {_save_failure_reason(e)}; '
+      raise CheckpointError(f'could not save {where}: {_save_failure_reason(e)}; '
                             'the checkpoints of earlier epochs are intact') from e
+    if not saved:
+      raise CheckpointError(f'could not save {where}: orbax skipped it (a checkpoint of that epoch exists); '
+                            'the checkpoints of earlier epochs are intact')
 
   # -- restoring ---------------------------------------------------------------------
 
@@ -360,23 +292,15 @@ class CheckpointManager:
     args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in items.items()}   # a bad template is a bug
     try:
       meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-      legacy = 'checksums' not in meta
-      if legacy and 'state' not in items:
-        args['state'] = ocp.args.StandardRestore()   # as saved: needed to check the combined sums
       restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # pylint: disable=broad-except
       raise _Corrupt(f'unreadable ({_first_line(e)})') from e
-    if legacy:
-      if 'checksum' not in meta:
-        raise _Corrupt('its metadata has no checksum')
-      got = legacy_checksum({name: restored[name] for name in ITEMS})
-      if not np.allclose(got, meta['checksum'], rtol=1e-9, atol=0):
-        raise _Corrupt(f'state and best differ from their checksum ({got} vs {meta["checksum"]})')
-    else:
-      for name in items:
-        got = checksum(restored[name])
-        if got != meta['checksums'].get(name):
-          raise _Corrupt(f'{name} differs from its checksum ({got} vs {meta["checksums"].get(name)})')
+    if not isinstance(meta, dict) or not isinstance(meta.get('checksums'), dict):
+      raise _Corrupt('its metadata has no checksums')
+    for name in items:
+      got = checksum(restored[name])
+      if got != meta['checksums'].get(name):
+        raise _Corrupt(f'{name} differs from its checksum ({got} vs {meta["checksums"].get(name)})')
     return {**{name: restored[name] for name in items}, 'meta': meta}
 
   def _set_aside(self, step: int) -> str:

@@ -197,34 +197,6 @@ def test_bit_flips_in_best_never_change_the_evaluated_weights_silently(tmp_path,
   assert 'fallback' in outcomes, outcomes   # most bytes are array data: their flips are caught
 
 
-def _as_legacy(workdir, wrong: bool = False):
-  """Rewrites every checkpoint's meta as the code before per-item checksums wrote it: one
-  [Σx, Σx²] over state and best together (optionally a wrong one)."""
-  manager = ckpt_lib.CheckpointManager(str(workdir), read_only=True)
-  for step in manager.all_steps():
-    restored = manager._mngr.restore(step)   # as saved, no templates
-    path = workdir / 'checkpoints' / str(step) / 'meta' / 'metadata'
-    meta = json.loads(path.read_text())
-    sums = ckpt_lib.legacy_checksum({'state': restored['state'], 'best': restored['best']})
-    meta.pop('checksums', None)
-    meta.pop('format', None)
-    meta['checksum'] = [sums[0] + (1.0 if wrong and step == 2 else 0.0), sums[1]]
-    path.write_text(json.dumps(meta))
-
-
-def test_checkpoints_of_the_previous_format_are_read_and_verified(tmp_path, reference_run):
-  ref_dir, _, _, _, ref_best = reference_run
-  wd = tmp_path / 'legacy'
-  shutil.copytree(ref_dir, wd)
-  _as_legacy(wd)
-  run = rundir.load_run(str(wd), log=lambda s: None)
-  assert run.checkpoint_epoch == 3 and run.fallback_reason is None
-  _assert_trees_equal(run.variables, ref_best)
-  _as_legacy(wd, wrong=True)
-  run = rundir.load_run(str(wd), log=lambda s: None)
-  assert run.checkpoint_epoch == 2 and 'differ from their checksum' in run.fallback_reason
-
-
 def test_a_checkpoint_of_another_width_is_refused_not_set_aside(tmp_path, reference_run):
   """config.json missing and the model now wider: training must stop with one clear line, keep
   every checkpoint where it is, and not start from scratch."""
