@@ -1,7 +1,7 @@
 r"""Numerical parity with the PyTorch reference step (not a project dependency; needs torch).
 
     pip install torch==2.13.0   # any CPU build
-    python benchmarks/torch_parity.py --reference=../shared/bench/torch_reference_step.py
+    python benchmarks/torch_parity.py      # --reference=benchmarks/torch_reference_step.py (default)
 
 Builds the reference's ResNet18 and ours, copies the PyTorch weights into the Flax model, runs
 one training step on the same random batch and pairs (CE + α·L_sim, SGD lr 0.1 momentum 0.9)
@@ -77,8 +77,7 @@ def max_rel(a, b):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument('--reference', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench',
-                                                     'torch_reference_step.py'))
+  p.add_argument('--reference', default=os.path.join(os.path.dirname(__file__), 'torch_reference_step.py'))
   p.add_argument('--width', type=int, default=16)
   p.add_argument('--alpha', type=float, default=10.0)
   p.add_argument('--dtype', choices=['float64', 'float32'], default='float64')

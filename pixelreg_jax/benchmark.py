@@ -7,7 +7,7 @@ r"""Times the jitted train step; prints one JSON line per measurement.
 Modes:
   step     random data at the config's shapes (batch + pairs, image size, model): ms/step and
            images/s, where an image is one forward+backward (batch + 2·pairs per step and seed),
-           the same count as ../shared/bench/torch_reference_step.py; XLA's FLOP count of the
+           the same count as benchmarks/torch_reference_step.py; XLA's FLOP count of the
            step, achieved TFLOP/s, MFU when the device's peak is known (or --peak_tflops).
   seeds    ``step`` for each K in --seeds_list (K models vmapped in one step), with the projected
            wall time of K seeds × --project_epochs epochs of a --project_images-image dataset
