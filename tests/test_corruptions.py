@@ -24,6 +24,7 @@ from skimage import color, transform
 from skimage.filters import gaussian as sk_gaussian
 
 from pixelreg_jax.attacks import corruptions as C
+from pixelreg_jax.attacks.corruptions import hendrycks
 from pixelreg_jax.errors import ConfigError
 
 ic = pytest.importorskip('imagecorruptions')
@@ -96,7 +97,7 @@ def _replayed_draws(name, severity, seed, shape=(32, 32, 3)):
   if name == 'motion_blur':
     return jnp.float32(np.random.uniform(-45, 45))
   if name == 'glass_blur':
-    hs, _ = C._glass_positions(shape[0], shape[1], p)
+    hs, _ = hendrycks._glass_positions(shape[0], shape[1], p)
     off = np.stack([np.random.randint(-p['delta'], p['delta'], size=(2,)) for _ in range(len(hs))])
     return jnp.asarray(off, jnp.int32), jnp.ones(len(hs), bool)
   if name == 'elastic_transform':
@@ -105,7 +106,7 @@ def _replayed_draws(name, severity, seed, shape=(32, 32, 3)):
     return jnp.zeros((3, 2)), jnp.asarray(ux, jnp.float32), jnp.asarray(uy, jnp.float32)
   if name == 'fog':
     draws, wibble = [], 100.0
-    for side in C._plasma_shapes(C._fog_size(np.zeros(shape), p)):
+    for side in hendrycks._plasma_shapes(hendrycks._fog_size(np.zeros(shape), p)):
       draws.append(tuple(jnp.asarray(np.random.uniform(-wibble, wibble, (side, side)) / wibble, jnp.float32)
                          for _ in range(3)))
       wibble /= p['decay']
@@ -254,7 +255,7 @@ def test_mnist_c_glass_blur_swaps_with_a_coin():
   x = jnp.asarray(_digits(1))[0]
   p = C.PARAMS['mnist_c']['glass_blur'][1]                  # σ 0.9, δ 2, 1 iteration
   rng = np.random.default_rng(0)
-  hs, ws = C._glass_positions(28, 28, p)
+  hs, ws = hendrycks._glass_positions(28, 28, p)
   off = rng.integers(-p['delta'], p['delta'], (len(hs), 2))
   coin = rng.random(len(hs)) < 0.5
   ref = np.uint8(sk_gaussian(np.asarray(x[..., 0], np.float64), sigma=p['sigma']) * 255)
