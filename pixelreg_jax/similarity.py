@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -28,11 +29,8 @@ Array = jax.Array
 def grayscale(images: Array) -> Array:
   """[N, H, W] or [N, H, W, C] -> [N, H, W] float32, the mean over channels."""
   images = jnp.asarray(images, jnp.float32)
-  if images.ndim == 4:
-    images = images.mean(axis=-1)
-  if images.ndim != 3:
-    raise ValueError(f'expected images of shape [N,H,W] or [N,H,W,C], got {images.shape}')
-  return images
+  chex.assert_rank(images, {3, 4})
+  return images.mean(axis=-1) if images.ndim == 4 else images
 
 
 def normalized_pixels(images: Array) -> Array:
@@ -100,6 +98,8 @@ def similarity_loss(model_sim: Array, target_sim: Array, eps: float = 1e-5) -> A
   Returns:
     Scalar float32.
   """
+  chex.assert_rank(model_sim, 1)
+  chex.assert_equal_shape([model_sim, target_sim])
   x = model_sim.astype(jnp.float32)
   y = target_sim.astype(jnp.float32)
 
@@ -130,6 +130,8 @@ def update_running_mean(running: Array, feats_a: Array, feats_b: Array, beta: fl
     [C]: beta·running + (1 − beta)·mean over both batches and all positions, the batch
     mean taken under ``stop_gradient``.
   """
+  chex.assert_equal_shape([feats_a, feats_b])
+  chex.assert_shape(running, (feats_a.shape[-1],))
   both = jnp.concatenate([feats_a, feats_b], axis=0)
   batch_mean = jax.lax.stop_gradient(both.astype(jnp.float32).mean(axis=tuple(range(both.ndim - 1))))
   return beta * running + (1.0 - beta) * batch_mean
@@ -158,6 +160,7 @@ def tap_similarities(taps_a: Sequence[Array], taps_b: Sequence[Array],
   Returns:
     [P, T] cosine similarities.
   """
+  chex.assert_trees_all_equal_shapes(list(taps_a), list(taps_b))
   cos = [cosine_similarity(a - m.astype(a.dtype), b - m.astype(b.dtype))
          for a, b, m in zip(taps_a, taps_b, running_means)]
   return jnp.stack(cos, axis=1)
@@ -165,6 +168,8 @@ def tap_similarities(taps_a: Sequence[Array], taps_b: Sequence[Array],
 
 def combine_layers(cosines: Array, layer_weights: Array) -> Array:
   """S^model = Σ_t softmax(w)_t · cos_t: [P, T] x [T] -> [P]."""
+  chex.assert_rank(cosines, 2)
+  chex.assert_shape(layer_weights, (cosines.shape[1],))
   return cosines @ jax.nn.softmax(layer_weights.astype(jnp.float32))
 
 

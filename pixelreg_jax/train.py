@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -147,6 +148,11 @@ def train_step(state: TrainState, batch: dict, *, alpha, eps: float = 1e-5,
     (new state, metrics {'loss', 'ce_loss', 'accuracy'} and when regularizing {'sim_loss',
     'model_sim_mean'}, as scalars).
   """
+  chex.assert_rank(batch['image'], 4)
+  chex.assert_shape(batch['label'], (batch['image'].shape[0],))
+  if 'reg_a' in batch:
+    chex.assert_equal_shape([batch['reg_a'], batch['reg_b']])
+    chex.assert_shape(batch['target'], (batch['reg_a'].shape[0],))
   static_zero = isinstance(alpha, (int, float)) and alpha == 0
   regularize = 'reg_a' in batch and not static_zero
   active = jnp.asarray(alpha) > 0 if regularize else False

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,10 +43,7 @@ def _trees_equal(a, b) -> bool:
 
 
 def _assert_trees_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))   # same structure, bit-equal leaves
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):

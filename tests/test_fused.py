@@ -1,5 +1,6 @@
 """The fused pass (one network pass over the 64 + 16 + 16 images of a step) equals the release's
 three passes: BatchNorm statistics per group, running statistics chained in order."""
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,7 @@ from pixelreg_jax import models, regularizers, train
 
 
 def _close(a, b, rtol=2e-5, atol=2e-6):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
 def _close_to_scale(a, b, tol=1e-5):

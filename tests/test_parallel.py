@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,9 +126,8 @@ def test_stacked_seeds_equal_single_runs(mode):
   # data order and pairs. (Two steps: this loss amplifies float reordering over many steps.)
   for k in (2,):
     single = _steps(create_trainer(tiny_config(num_seeds=1, seed=5 + k, **overrides), host), 2)
-    for a, b in zip(jax.tree.leaves((stacked.params, stacked.batch_stats, stacked.sim_stats)),
-                    jax.tree.leaves((single.params, single.batch_stats, single.sim_stats))):
-      np.testing.assert_allclose(a[k], b[0], rtol=1e-4, atol=2e-5)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], stacked.variables()),
+                                jax.tree.map(lambda x: x[0], single.variables()), rtol=1e-4, atol=2e-5)
 
 
 def test_half_precision_step_keeps_float32_master_params():

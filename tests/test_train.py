@@ -2,6 +2,7 @@
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,8 +53,8 @@ def test_alpha_zero_is_exactly_the_cross_entropy_gradient(host_data):
   assert 'sim_loss' not in metrics
   assert float(metrics['loss']) == pytest.approx(float(ce(state.params)), rel=1e-5)
   # First SGD-momentum step: Δθ = −lr·g, lr = 0.1.
-  for p0, p1, gg in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params), jax.tree.leaves(g)):
-    np.testing.assert_allclose(np.asarray(p1 - p0), -0.1 * np.asarray(gg), rtol=1e-4, atol=1e-7)
+  chex.assert_trees_all_close(jax.tree.map(jnp.subtract, new.params, state.params), jax.tree.map(lambda x: -0.1 * x, g),
+                              rtol=1e-4, atol=1e-7)
   # The layer weights get no gradient without the regularizer; the running means stay 0.
   np.testing.assert_array_equal(np.asarray(new.params['layer_weights']), 0)
   assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(new.sim_stats))
@@ -200,8 +201,7 @@ def test_without_validation_images_the_last_epoch_is_selected(host_data):
   result = fit.result
   assert result['best_epoch'] == [2] and 'last epoch' in result['selection']
   # The selected variables are the final ones, not the initial ones.
-  for a, b in zip(jax.tree.leaves(fit.best.variables), jax.tree.leaves(fit.final_state.variables())):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  chex.assert_trees_all_equal(fit.best.variables, fit.final_state.variables())
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_earlier_checkpoints(tmp_path, host_data):
