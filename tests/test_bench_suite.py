@@ -1,11 +1,11 @@
 """The GPU benchmark suite, run end to end at toy sizes on the CPU."""
 import json
 
-from pixelreg_jax import benchmark, experiments
+from pixelreg_jax import benchmark, configs
 
 
 def test_suite_runs_at_toy_sizes_and_writes_its_tables(tmp_path):
-  rows = benchmark.run_suite(experiments.experiment('cifar10_by_imagenet'), str(tmp_path), tiny=True)
+  rows = benchmark.run_suite(configs.load('cifar10_by_imagenet'), str(tmp_path), tiny=True)
   train_rows = [r for r in rows if r['mode'] == 'suite_train']
   assert {(r['num_seeds'], r['dtype'], r['passes']) for r in train_rows} == {
       (1, d, p) for d in ('float32', 'bfloat16') for p in ('fused', 'three')}

@@ -6,7 +6,10 @@ a link to this folder, so ``--config=configs/cifar10.py`` works from the root.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+
+import ml_collections
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -14,3 +17,11 @@ CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 def config_path(name: str) -> str:
   """The file of the config called ``name`` (e.g. 'fashion_mnist'): ``<package>/configs/<name>.py``."""
   return os.path.join(CONFIG_DIR, f'{name}.py')
+
+
+def load(name: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file called ``name`` (e.g. 'cifar10_by_imagenet')."""
+  spec = importlib.util.spec_from_file_location(f'pixelreg_jax.configs.{name}', config_path(name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -1,4 +1,9 @@
-"""The demo: Fashion-MNIST regularized by Fashion-MNIST, a narrow ResNet18, minutes on 2 CPU cores.
+"""The demo (and ``main``'s default): Fashion-MNIST regularized by Fashion-MNIST, a narrow ResNet18,
+minutes on 2 CPU cores.
+
+    python -m pixelreg_jax.main --config=configs/fashion_mnist.py   # into runs/fashion_mnist/
+    # the unregularized twin: the same with --config.reg.alpha=0 (and another --workdir)
+    bash launch/demo.sh                                                  # both, then noise sweeps and a plot
 
 Real data read offline (Debian's dataset-fashion-mnist, or an imported copy). Paper-scale
 settings are in fashion_mnist_by_mnist.py; this one trades width and data for speed.
