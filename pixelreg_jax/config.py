@@ -31,8 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   # '' = the one setting reg.alpha:reg.threshold.
   c.population = ''
   # True: one network pass over the classification and pair images (per-group models.BatchNorm);
-  # False: the release's three passes. Equal results (tests/test_fused.py); on 2 CPU cores the three
-  # passes are 1.2-1.25x faster (benchmark, README "Performance"); GPUs: bench_suite measures both.
+  # False: the release's three passes. Equal results (tests/test_fused.py); which is faster depends
+  # on the machine (docs/performance.md; python -m pixelreg_jax.benchmark measures both).
   c.fused_pass = False
   c.batch_size = 64             # Classification batch (global, over all devices).
   c.eval_batch_size = 500

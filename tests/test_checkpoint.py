@@ -161,7 +161,7 @@ def test_evaluation_restore_is_verified_and_records_a_fallback(tmp_path, referen
 
 
 def test_bit_flips_in_best_never_change_the_evaluated_weights_silently(tmp_path, reference_run):
-  """The issue's attack: single bit flips anywhere in the latest checkpoint's ``best`` files (byte
+  """An attack on the data: single bit flips anywhere in the latest checkpoint's ``best`` files (byte
   positions drawn uniformly over all its bytes). Each trial either restores exactly the saved
   weights, or skips to the previous checkpoint and says so, or refuses; never other weights."""
   ref_dir, _, _, _, ref_best = reference_run

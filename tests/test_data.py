@@ -111,7 +111,7 @@ def test_truncated_npz_is_one_line_naming_the_file(tmp_path):
 @pytest.mark.parametrize('bad', ['label_10', 'label_negative', 'rgb_images', 'small_images', 'float_images',
                                  'short_labels'])
 def test_imported_split_contents_are_checked(tmp_path, bad):
-  """Out-of-range labels would make a NaN loss later (issue 12): refused at load, with the file."""
+  """Out-of-range labels would make a NaN loss later: refused at load, with the file."""
   rng = np.random.default_rng(1)
   x, y = rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 30).astype(np.int32)
   match = {'label_10': r'1 label\(s\) outside \[0, 10\) \(min \d, max 10\)',

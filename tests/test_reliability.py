@@ -1,4 +1,4 @@
-"""Nothing silently wrong (issue 12), as a user meets it: real processes, real files, real
+"""Nothing silently wrong, as a user meets it: real processes, real files, real
 signals. Each fault ends in one ``error:`` line and a non-zero exit, never in exit 0 with a
 wrong result.
 
@@ -111,7 +111,7 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
 
 
 def test_two_training_runs_on_one_workdir_the_second_stops_in_one_line(tmp_path):
-  """The issue's case: α=1 and α=0 started on the same fresh workdir."""
+  """Two runs (α=1 and α=0) started on the same fresh workdir."""
   data_dir = tmp_path / 'data'
   write_imported_dataset(data_dir, n_train=240, n_test=32)
   wd = tmp_path / 'run'

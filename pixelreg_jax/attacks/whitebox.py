@@ -174,9 +174,9 @@ def _select(cond: Array, a: Array, b: Array) -> Array:
 def unroll_loops(unroll: Optional[bool] = None) -> bool:
   """Whether PGD unrolls its step and restart loops: ``unroll``, or by default on CPUs only.
 
-  XLA:CPU runs the backward convolutions of a loop body 20-35× slower than unrolled ones
-  (jax-ml/jax#12868); unrolling costs compile time (PGD-40: ~7 s for a narrow ResNet18) and gives
-  the same iterates. Accelerators keep the compact ``lax.scan``.
+  XLA:CPU runs the backward convolutions of a loop body far slower than unrolled ones
+  (jax-ml/jax#12868; measured in docs/performance.md); unrolling costs compile time and gives the
+  same iterates. Accelerators keep the compact ``lax.scan``.
   """
   return jax.default_backend() == 'cpu' if unroll is None else unroll
 
