@@ -101,8 +101,30 @@ def _cifar_members(source: str, archive_name: str, folder: str, names: list[str]
   raise ImportDataError(f'{source} is neither {archive_name} nor a folder holding {folder}/{names[0]} …')
 
 
+# All that the official CIFAR and Imagenet32 pickles reference by name: NumPy arrays, as
+# ``ndarray.__reduce__`` writes them (dicts, lists, ints, bytes and str need no lookup).
+_PICKLE_GLOBALS = {(m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray')
+                   for n in ('_reconstruct', 'scalar')}
+_PICKLE_GLOBALS |= {('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.numeric', '_frombuffer'),
+                    ('numpy._core.numeric', '_frombuffer'), ('_codecs', 'encode')}   # protocol 2's bytes, from Python 3
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+  """Unpickles data, never code: a pickle may name any callable (``os.system`` …) to be called
+  while it loads; only the NumPy array constructors of ``_PICKLE_GLOBALS`` are allowed."""
+
+  def find_class(self, module: str, name: str):
+    if (module, name) in _PICKLE_GLOBALS:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f'it names {module}.{name}, which the official files never do (refused unread: '
+                                 'a pickle can run code)')
+
+
 def _unpickle(blob: bytes) -> dict:
-  d = pickle.loads(blob, encoding='bytes')
+  """A pickled dict of the official files, read by ``_DataOnlyUnpickler`` (bytes keys as str)."""
+  d = _DataOnlyUnpickler(io.BytesIO(blob), encoding='bytes').load()
+  if not isinstance(d, dict):
+    raise pickle.UnpicklingError(f'it holds a {type(d).__name__}, not the dict of the official files')
   return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 

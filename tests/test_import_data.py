@@ -40,20 +40,22 @@ def test_idx_import_round_trip(tmp_path, compress):
     np.testing.assert_array_equal(y, src[split][1])
 
 
-def _cifar10_archive(path, rng):
+def _cifar10_archive(path, rng, protocol=pickle.DEFAULT_PROTOCOL):
   truth, files = {'train': [], 'test': []}, {}
   for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
     x = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 4).tolist()
-    files[f'cifar-10-batches-py/{name}'] = pickle.dumps({b'data': _nchw_rows(x), b'labels': y, b'batch_label': b'x'})
+    files[f'cifar-10-batches-py/{name}'] = pickle.dumps({b'data': _nchw_rows(x), b'labels': y, b'batch_label': b'x'},
+                                                        protocol=protocol)
     truth['test' if name == 'test_batch' else 'train'].append((x, np.array(y)))
   files['cifar-10-batches-py/batches.meta'] = pickle.dumps({b'label_names': []})
   _tar(path, files)
   return {k: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for k, v in truth.items()}
 
 
-def test_cifar10_import_round_trip(tmp_path):
-  truth = _cifar10_archive(tmp_path / 'cifar-10-python.tar.gz', np.random.default_rng(0))
+@pytest.mark.parametrize('protocol', [2, 4, 5])   # the official files are protocol 2 (Python 2's cPickle)
+def test_cifar10_import_round_trip(tmp_path, protocol):
+  truth = _cifar10_archive(tmp_path / 'cifar-10-python.tar.gz', np.random.default_rng(0), protocol)
   import_data.import_dataset('cifar10', str(tmp_path), str(tmp_path / 'dd'))   # the folder holding it
   for split in ('train', 'test'):
     x, y = data.load_split('cifar10', split, str(tmp_path / 'dd'))
@@ -195,3 +197,34 @@ def test_source_with_bad_labels_or_shapes_is_refused_before_writing(tmp_path, ba
 
 def test_missing_required_flag_is_one_line():
   assert '--source is required' in _one_error_line(_import_cli('--dataset=mnist'))
+
+
+class _RunsACommand:
+  """Pickles as a call of os.system: what a crafted 'data_batch_1' would hold."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return os.system, (self.command,)
+
+
+def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
+  """A cifar-10-python.tar.gz whose data_batch_1 calls os.system when unpickled: the import (a
+  real process) stops with one line naming what it refused, and the command never runs."""
+  marker = tmp_path / 'the_command_ran'
+  _cifar10_archive(tmp_path / 'cifar-10-python.tar.gz', np.random.default_rng(0))
+  with tarfile.open(tmp_path / 'cifar-10-python.tar.gz') as tar:
+    files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+  files['cifar-10-batches-py/data_batch_1'] = pickle.dumps(
+      {b'data': _RunsACommand(f'touch {marker}'), b'labels': [0] * 4})
+  _tar(tmp_path / 'cifar-10-python.tar.gz', files)
+  assert b'system' in files['cifar-10-batches-py/data_batch_1']
+  out = subprocess.run([sys.executable, '-m', 'pixelreg_jax.import_data', '--dataset=cifar10',
+                        f'--source={tmp_path}', f'--data_dir={tmp_path / "dd"}'], cwd=ROOT, env=run_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: ') and 'system' in lines[0] and 'refused' in lines[0], lines
+  assert not marker.exists()
+  assert not (tmp_path / 'dd').exists() or not any((tmp_path / 'dd').rglob('*.npz'))
