@@ -3,7 +3,8 @@
 Layout: ``<workdir>/checkpoints/<epoch>/`` holds three items:
   state  the full train state (step, params, batch_stats, sim_stats, opt_state), [K, ...];
   best   the best-by-validation variables so far (params, batch_stats, sim_stats), [K, ...];
-  meta   JSON: epoch, best_val_loss, best_epoch, seeds, and a CRC-32 of each of state and best.
+  meta   JSON: epoch, best_val_loss, best_epoch, seeds, the run's config, and a CRC-32 of each of
+         state, best and meta itself (every bit of a checkpoint is covered).
 The latest ``keep`` epochs are kept; the best model travels inside every checkpoint, so it
 is never lost with an old one.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging as std_logging
 import os
 import re
@@ -47,7 +49,8 @@ from jax.experimental import multihost_utils
 
 from pixelreg_jax.errors import CheckpointError
 
-FORMAT = 2   # meta['format']: 2 = a CRC-32 of each item in meta['checksums'].
+# meta['format']: 2 = a CRC-32 of state and best in meta['checksums']; 3 = of meta itself too.
+FORMAT = 3
 ITEMS = ('state', 'best')
 
 
@@ -68,6 +71,12 @@ def checksum(tree: Any) -> str:
     crc = zlib.crc32(f'{a.dtype.str}{a.shape}'.encode(), crc)
     crc = zlib.crc32(memoryview(a).cast('B'), crc)
   return f'crc32:{crc:08x}'
+
+
+def meta_checksum(meta: dict) -> str:
+  """'crc32:xxxxxxxx' of the metadata without its 'checksums' (canonical JSON: sorted keys)."""
+  text = json.dumps({k: v for k, v in meta.items() if k != 'checksums'}, sort_keys=True)
+  return f'crc32:{zlib.crc32(text.encode()):08x}'
 
 
 def describe_tree(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -245,8 +254,8 @@ class CheckpointManager:
         the checkpoints of earlier epochs are intact.
     """
     tree = state_tree(state)
-    meta = dict(meta, format=FORMAT, checksums={'state': checksum(tree), 'best': checksum(best_variables)},
-                saved_at=time.time())
+    meta = dict(meta, format=FORMAT, saved_at=time.time())
+    meta['checksums'] = {'state': checksum(tree), 'best': checksum(best_variables), 'meta': meta_checksum(meta)}
     where = f'the checkpoint of epoch {epoch + 1} in {self.directory}'
     try:
       with _save_noise_held():
@@ -297,6 +306,12 @@ class CheckpointManager:
       raise _Corrupt(f'unreadable ({_first_line(e)})') from e
     if not isinstance(meta, dict) or not isinstance(meta.get('checksums'), dict):
       raise _Corrupt('its metadata has no checksums')
+    if (meta.get('format', 2) >= 3 or 'meta' in meta['checksums']) and \
+       meta_checksum(meta) != meta['checksums'].get('meta'):
+      raise _Corrupt(f'its metadata differs from its checksum ({meta_checksum(meta)} vs '
+                     f'{meta["checksums"].get("meta")})')
+    if meta.get('epoch', step) != step:
+      raise _Corrupt(f'its metadata says epoch {meta.get("epoch")} in the directory of epoch {step}')
     for name in items:
       got = checksum(restored[name])
       if got != meta['checksums'].get(name):

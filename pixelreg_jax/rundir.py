@@ -163,7 +163,8 @@ class Run:
     return jax.tree.map(lambda v: v[k], self.variables)
 
 
-def _config_dict(config: ml_collections.ConfigDict) -> dict:
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON data (what config.json and every checkpoint hold)."""
   return json.loads(config.to_json_best_effort())
 
 
@@ -206,7 +207,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     raise CheckpointError(f'{workdir} is not a run directory (no config.json); '
                           'train one with python -m pixelreg_jax.main --workdir=...')
-  return ml_collections.ConfigDict(_with_defaults(saved, _config_dict(config_lib.base_config())))
+  return ml_collections.ConfigDict(_with_defaults(saved, config_dict(config_lib.base_config())))
 
 
 # Config fields that do not change the trained model: bookkeeping, where the data is read from,
@@ -221,34 +222,45 @@ NOT_THE_MODEL = ('data_dir', 'download', 'tfds_manual_dir', 'log_every_steps', '
 def model_fields(config: dict) -> dict:
   """The flattened config (``'reg.alpha'``-style keys, missing fields at their defaults) without
   the ``NOT_THE_MODEL`` fields: what makes two runs with the same seeds the same model."""
-  flat = traverse_util.flatten_dict(_with_defaults(config, _config_dict(config_lib.base_config())), sep='.')
+  flat = traverse_util.flatten_dict(_with_defaults(config, config_dict(config_lib.base_config())), sep='.')
   return {k: v for k, v in flat.items() if k not in NOT_THE_MODEL}
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a run directory that was trained with a different configuration.
-
-  Every field outside ``NOT_THE_MODEL`` must agree, except ``num_epochs``, which may change (a
-  finished run trains on). A field the old run did not have yet counts as its default.
-
-  Raises:
-    ConfigError: the configs differ (the message names the first field and counts the rest).
-  """
-  saved = read_config(workdir)
-  if saved is None:
-    return
-  old, new = model_fields(saved), model_fields(_config_dict(config))
+def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises ConfigError unless ``saved`` (a config as a dict) and ``config`` train the same
+  model: every field outside ``NOT_THE_MODEL`` agrees, except ``num_epochs`` (a run may train on).
+  A field the saved config did not have yet counts as its default. ``where`` names the run."""
+  old, new = model_fields(saved), model_fields(config_dict(config))
   diff = [k for k in sorted(set(old) | set(new)) if k != 'num_epochs' and old.get(k) != new.get(k)]
   if diff:
     k = diff[0]
     raise ConfigError(
-        f'{workdir} holds a run with a different config ({k}: {old.get(k)!r} there, {new.get(k)!r} now'
+        f'{where} holds a run with a different config ({k}: {old.get(k)!r} there, {new.get(k)!r} now'
         f'{f" and {len(diff) - 1} more" if len(diff) > 1 else ""}); use a new --workdir to start a new run')
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume ``workdir`` with another configuration than its config.json's
+  (``check_same_run``), or with fewer epochs than its checkpoints already hold. A directory
+  without checkpoints (nothing trained yet) takes any config.
+
+  Raises:
+    ConfigError: the configs differ, or ``config.num_epochs`` is below the epochs trained.
+  """
+  done = trained_epochs(workdir)
+  if not done:
+    return
+  saved = read_config(workdir)
+  if saved is not None:
+    check_same_run(saved, config, workdir)
+  if done > config.num_epochs:
+    raise ConfigError(f'{workdir} holds a run trained for {done} epochs, more than config.num_epochs='
+                      f'{config.num_epochs}; use --config.num_epochs={done} or more, or a new --workdir')
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """``<workdir>/config.json``."""
-  jsonio.write(os.path.join(workdir, 'config.json'), _config_dict(config))
+  jsonio.write(os.path.join(workdir, 'config.json'), config_dict(config))
 
 
 def load_run(workdir: str, log: Optional[Callable[[str], None]] = None) -> Run:
@@ -338,15 +350,16 @@ def export_settings(config: ml_collections.ConfigDict, fit, workdir: str, write_
     wd = os.path.join(workdir, config_lib.setting_name(alpha, threshold))
     take = lambda tree: jax.tree.map(lambda x: x[sel], tree)  # noqa: E731
     best_val = fit.best.val_loss[sel]
+    setting = setting_config(c, alpha, threshold)
     meta = {'epoch': c.num_epochs - 1, 'best_val_loss': [jsonio.number(v) for v in best_val],
             'best_epoch': fit.best.epoch[sel].tolist(), 'num_seeds': k, 'num_members': k, 'seed': c.seed,
-            'exported_from': os.path.abspath(workdir)}
+            'exported_from': os.path.abspath(workdir), 'config': config_dict(setting)}
     if write_files:
       os.makedirs(wd, exist_ok=True)
-      setting = setting_config(c, alpha, threshold)
       write_config(setting, wd)
     manager = ckpt_lib.CheckpointManager(wd, keep=1)
-    manager.save(c.num_epochs - 1, take(fit.final_state), take(fit.best.variables), meta)
+    if c.num_epochs - 1 not in manager.all_steps():   # else exported by an earlier run of the same epochs
+      manager.save(c.num_epochs - 1, take(fit.final_state), take(fit.best.variables), meta)
     acc, loss = np.asarray(fit.test['accuracy'])[sel], np.asarray(fit.test['loss'])[sel]
     if write_files:
       jsonio.write(os.path.join(wd, 'result.json'), {
@@ -358,6 +371,8 @@ def export_settings(config: ml_collections.ConfigDict, fit, workdir: str, write_
   return out
 
 
-def has_checkpoints(workdir: str) -> bool:
+def trained_epochs(workdir: str) -> int:
+  """How many epochs the newest checkpoint of ``workdir`` holds (0 when it has none)."""
   directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  steps = [int(name) for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(directory) else []
+  return max(steps) + 1 if steps else 0

@@ -282,6 +282,8 @@ def train_loop(trainer: Trainer, workdir: Optional[str] = None, log: Optional[Ca
     restored = manager.restore_latest(state, best.variables, log=log)
     if restored is not None:
       state, best_vars, meta = restored
+      if 'config' in meta:   # the config it was trained with travels in every checkpoint
+        rundir.check_same_run(meta['config'], c, manager.directory)
       best.restore(best_vars, meta)
       start_epoch = meta['epoch'] + 1
       why = manager.last_restore.fallback_reason
@@ -344,7 +346,8 @@ def train_loop(trainer: Trainer, workdir: Optional[str] = None, log: Optional[Ca
         + (' (best)' if improved.all() and val is not None else ''))
     if manager is not None:
       manager.save(epoch, state, best.variables, {'epoch': epoch, **best.meta(), 'num_seeds': c.num_seeds,
-                                                  'num_members': trainer.M, 'seed': c.seed})
+                                                  'num_members': trainer.M, 'seed': c.seed,
+                                                  'config': rundir.config_dict(c)})
 
   test = trainer.evaluate(best.variables, 'test')
   result = {
@@ -380,8 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   main_process = jax.process_index() == 0
   rundir.ensure_directory(workdir)
   with rundir.lock(workdir, enabled=main_process):
-    if rundir.has_checkpoints(workdir):
-      rundir.check_config(config, workdir)
+    rundir.check_config(config, workdir)
     if main_process:
       rundir.write_config(config, workdir)
     fit = train_loop(create_trainer(config), workdir)

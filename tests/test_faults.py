@@ -14,9 +14,11 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, run_env, tiny_config
+from conftest import ROOT, run_env, synthetic_host_data, tiny_config
 from pixelreg_jax import checkpoint as ckpt_lib
 from pixelreg_jax import errors, rundir
+from pixelreg_jax import trainer as trainer_lib
+from pixelreg_jax.trainer import create_trainer, train_loop
 
 _SAVE_ON_A_LOCKED_DIRECTORY = textwrap.dedent('''
     import subprocess, sys, types
@@ -97,7 +99,7 @@ def test_a_run_directory_from_before_a_config_field_existed_is_read_with_its_def
 @pytest.mark.parametrize('text,what', [('[1, 2]', 'holds a JSON list'), ('{"reg": ', 'is unreadable')])
 def test_a_config_json_that_is_not_a_config_is_one_line(tmp_path, text, what):
   (tmp_path / 'config.json').write_text(text)
-  for fn in (rundir.load_config, lambda wd: rundir.check_config(tiny_config(), wd)):
+  for fn in (rundir.load_config, rundir.read_config):   # evaluation; the resume check
     with pytest.raises(errors.ConfigError, match=what) as e:
       fn(str(tmp_path))
     assert '\n' not in str(e.value)
@@ -114,3 +116,78 @@ def test_fields_that_do_not_change_the_model_are_one_list():
     c = json.loads(tiny_config(**{field: value}).to_json_best_effort())
     assert rundir.model_fields(c) != rundir.model_fields(a), field
 
+
+
+# ---------------------------------------------------------------- what a checkpoint holds
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  """A finished 2-epoch run trained through train_and_evaluate's checks: (dir, host, config)."""
+  wd = tmp_path_factory.mktemp('finished')
+  host = synthetic_host_data(n_train=96, n_test=32)
+  config = tiny_config(num_epochs=2)
+  rundir.write_config(config, str(wd))
+  train_loop(create_trainer(config, host), str(wd), log=lambda s: None)
+  return wd, host, config
+
+
+def _copy(finished_run, tmp_path):
+  wd, host, config = finished_run
+  shutil.copytree(wd, tmp_path / 'run')
+  return tmp_path / 'run', host, config
+
+
+def _meta_path(wd, epoch):
+  return wd / 'checkpoints' / str(epoch - 1) / 'meta' / 'metadata'
+
+
+def _change_meta(wd, epoch, field, value):
+  path = _meta_path(wd, epoch)
+  meta = json.loads(path.read_text())
+  assert meta[field] != value
+  meta[field] = value
+  path.write_text(json.dumps(meta))
+
+
+def test_a_changed_epoch_in_a_checkpoints_metadata_is_detected_on_resume(tmp_path, finished_run):
+  """"epoch": 1 → 0 in the newest checkpoint's meta made a resume train epoch 2 twice: that
+  checkpoint is now corrupt, set aside, and the run resumes from the one before."""
+  wd, host, config = _copy(finished_run, tmp_path)
+  _change_meta(wd, 2, 'epoch', 0)
+  logs = []
+  fit = train_loop(create_trainer(config, host), str(wd), log=logs.append)
+  assert any('checkpoint 2 is corrupt' in line and 'metadata' in line for line in logs), logs
+  assert any('after epoch 1' in line for line in logs), logs    # epoch 2 retrained from checkpoint 1
+  assert len(fit.history) == 1 and fit.history[0]['epoch'] == 2
+  assert len(os.listdir(wd / 'checkpoints' / 'corrupt')) == 1
+
+
+@pytest.mark.parametrize('field,value', [('best_epoch', [0]), ('best_val_loss', [1.0]), ('num_seeds', 2)])
+def test_any_changed_value_in_a_checkpoints_metadata_is_detected_on_evaluation(tmp_path, finished_run, field, value):
+  wd, _, _ = _copy(finished_run, tmp_path)
+  _change_meta(wd, 2, field, value)
+  run = rundir.load_run(str(wd), log=lambda s: None)
+  assert run.checkpoint_epoch == 1 and 'metadata differs from its checksum' in run.fallback_reason
+
+
+def test_a_resume_without_config_json_is_checked_against_the_checkpoint(tmp_path, finished_run):
+  """config.json removed: the config travels in every checkpoint, and another α is refused."""
+  wd, host, config = _copy(finished_run, tmp_path)
+  (wd / 'config.json').unlink()
+  other = tiny_config(num_epochs=3, **{'reg.alpha': 2.0})
+  with pytest.raises(errors.ConfigError, match=r'reg.alpha: 4.0 there, 2.0 now') as e:
+    train_loop(create_trainer(other, host), str(wd), log=lambda s: None)
+  assert '\n' not in str(e.value)
+  meta = json.loads(_meta_path(wd, 2).read_text())
+  rundir.check_same_run(meta['config'], tiny_config(num_epochs=3), str(wd))   # the same run, trained on: fine
+
+
+def test_fewer_epochs_than_trained_is_refused_before_anything_is_written(tmp_path, finished_run):
+  wd, _, config = _copy(finished_run, tmp_path)
+  before = (wd / 'config.json').read_text()
+  with pytest.raises(errors.ConfigError, match=r'trained for 2 epochs, more than config.num_epochs=1'):
+    trainer_lib.train_and_evaluate(tiny_config(num_epochs=1), str(wd))
+  assert (wd / 'config.json').read_text() == before
+  rundir.check_config(tiny_config(num_epochs=2), str(wd))   # as many, or more: fine
+  rundir.check_config(tiny_config(num_epochs=5), str(wd))
