@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import sys
 import time
 
 import jax
@@ -32,10 +32,11 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from pixelreg_jax import bench_suite, cli, parallel, population
+from pixelreg_jax import bench_suite, cli, configs, parallel, population
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import trainer as trainer_lib
+from pixelreg_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 _CONFIG = None
@@ -45,20 +46,25 @@ def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
   global _CONFIG
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'cifar10.py'),
-      'Experiment config (default: the paper\'s CIFAR10 shapes).', lock_config=False)
+      'config', None, 'Experiment config (default: configs/cifar10.py, the paper\'s CIFAR10 shapes).',
+      lock_config=False)
   flags.DEFINE_enum('mode', 'step', ['step', 'seeds', 'devices', 'input', 'suite'], 'What to measure.')
   flags.DEFINE_string('out', 'runs/benchmark', 'Output directory of --mode=suite.')
   flags.DEFINE_bool('tiny', False, '--mode=suite at toy sizes (width 4, 2 seeds, few images): a CPU smoke test.')
   flags.DEFINE_list('seeds_list', ['1', '2', '4', '7'], 'num_seeds values for --mode=seeds.')
   flags.DEFINE_list('devices_list', None, 'Device counts for --mode=devices (default 1, 2, 4, … up to all).')
-  flags.DEFINE_integer('project_epochs', 40, 'Epochs of the projected run (--mode=seeds).')
-  flags.DEFINE_integer('project_images', 49500, 'Training images of the projected run (--mode=seeds).')
-  flags.DEFINE_float('peak_tflops', 0.0, "The device's peak TFLOP/s for MFU (0 = known devices only).")
-  flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
-  flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).')
-  flags.DEFINE_integer('repeats', 3, 'Measurements (the median is reported).')
-  flags.DEFINE_integer('num_train', 0, 'Synthetic training images (0 = enough for the timed steps).')
+  for name in ('seeds_list', 'devices_list'):
+    flags.register_validator(name, lambda v: v is None or all(s.isdigit() and int(s) >= 1 for s in v),
+                             f'--{name} must be a comma-separated list of positive integers')
+  flags.DEFINE_integer('project_epochs', 40, 'Epochs of the projected run (--mode=seeds).', lower_bound=1)
+  flags.DEFINE_integer('project_images', 49500, 'Training images of the projected run (--mode=seeds).',
+                       lower_bound=1)
+  flags.DEFINE_float('peak_tflops', 0.0, "The device's peak TFLOP/s for MFU (0 = known devices only).",
+                     lower_bound=0.0)
+  flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.', lower_bound=1)
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps first (compilation).', lower_bound=0)
+  flags.DEFINE_integer('repeats', 3, 'Measurements (the median is reported).', lower_bound=1)
+  flags.DEFINE_integer('num_train', 0, 'Synthetic training images (0 = enough for the timed steps).', lower_bound=0)
 
 
 def synthetic_host_data(config, num_train: int, seed: int = 0) -> dict:
@@ -217,6 +223,8 @@ def main(argv):
     n = len(jax.devices())
     counts = [int(d) for d in FLAGS.devices_list] if FLAGS.devices_list else \
         [d for d in (1, 2, 4, 8, 16, 32, 64) if d <= n]
+    if max(counts) > n:
+      raise ConfigError(f'--devices_list={",".join(map(str, counts))}: only {n} device(s) here')
     results = bench_devices(config, counts, FLAGS.steps, FLAGS.warmup, FLAGS.repeats, FLAGS.peak_tflops)
   elif FLAGS.mode == 'suite':
     results = run_suite(config, FLAGS.out, FLAGS.tiny, FLAGS.peak_tflops)
@@ -228,4 +236,5 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
+  sys.argv = configs.with_default(sys.argv, 'cifar10')
   cli.run(main)

@@ -158,6 +158,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f'{alpha_name}={alpha!r} must be a finite number ≥ 0 (0 turns the regularizer off)')
     _check(math.isfinite(th) and 0 <= th < 1, f'{th_name}={th!r} must be in [0, 1) (0 = un-thresholded S^pixel)')
   _check(len(set(pairs)) == len(pairs), f'config.population={c.population!r} lists a setting twice')
+  names = [setting_name(a, th) for a, th in pairs]
+  twice = [n for n in names if names.count(n) > 1] or ['']
+  _check(twice == [''], f'config.population={c.population!r}: two settings share the run directory {twice[0]!r} '
+                        '(α and Th are named to 6 significant digits)')
   _check(isinstance(r.num_images, int) and 2 <= r.num_images <= 65535,
          f'config.reg.num_images={r.num_images!r} must be an integer in [2, 65535]')
   _check(isinstance(r.pairs_per_step, int) and r.pairs_per_step >= 1,

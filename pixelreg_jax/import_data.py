@@ -48,7 +48,7 @@ def define_flags():
   flags.DEFINE_string('dataset', None, f'One of {sorted(data_lib.DATASETS)}.', required=True)
   flags.DEFINE_string('source', None, 'The official file(s): an archive or a directory.', required=True)
   flags.DEFINE_string('data_dir', None, 'Destination data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-  flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).')
+  flags.DEFINE_integer('max_images', 0, 'Keep only the first N images of each split (0 = all).', lower_bound=0)
 
 
 # What reading a damaged archive or pickle raises (a truncated .gz: EOFError; bad bytes:

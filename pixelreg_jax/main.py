@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from pixelreg_jax import cli
+from pixelreg_jax import cli, configs
 from pixelreg_jax import trainer as trainer_lib
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'fashion_mnist.py')
-
-_CONFIG = config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config file.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (default: the package\'s '
+                                          'configs/fashion_mnist.py).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics); default runs/<config name>.')
 
 
@@ -48,4 +48,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  sys.argv = configs.with_default(sys.argv, 'fashion_mnist')
   cli.run(main)

@@ -191,3 +191,25 @@ def test_fewer_epochs_than_trained_is_refused_before_anything_is_written(tmp_pat
   assert (wd / 'config.json').read_text() == before
   rundir.check_config(tiny_config(num_epochs=2), str(wd))   # as many, or more: fine
   rundir.check_config(tiny_config(num_epochs=5), str(wd))
+
+
+# ---------------------------------------------------------------- command lines
+
+
+@pytest.mark.parametrize('args,message', [
+    (['pixelreg_jax.main', '--config.reg.alhpa=3'], "config.reg has no field 'alhpa' (did you mean 'alpha'?)"),
+    (['pixelreg_jax.benchmark', '--config.reg.alhpa=3'], "config.reg has no field 'alhpa'"),
+    (['pixelreg_jax.benchmark', '--seeds_list=a,b'], '--seeds_list must be a comma-separated list of positive'),
+    (['pixelreg_jax.benchmark', '--repeats=0'], '0 is not a positive integer'),
+    (['pixelreg_jax.benchmark', '--mode=devices', '--devices_list=64', '--config.model.width=4'],
+     '--devices_list=64: only 1 device(s) here'),
+])
+def test_bad_command_lines_are_one_line(tmp_path, args, message):
+  """A misspelt field without --config was a traceback (the default config was loaded, with the
+  overrides, when the flag was defined); benchmark's lists and counts were not checked."""
+  out = subprocess.run([sys.executable, '-m', *args, f'--workdir={tmp_path}'] if args[0].endswith('main')
+                       else [sys.executable, '-m', *args], cwd=tmp_path, env=run_env(), capture_output=True,
+                       text=True, timeout=300)
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert out.returncode == 2 and lines and lines[-1].startswith('error: ') and message in lines[-1], out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr

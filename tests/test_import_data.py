@@ -228,3 +228,15 @@ def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path):
   assert len(lines) == 1 and lines[0].startswith('error: ') and 'system' in lines[0] and 'refused' in lines[0], lines
   assert not marker.exists()
   assert not (tmp_path / 'dd').exists() or not any((tmp_path / 'dd').rglob('*.npz'))
+
+
+def test_a_negative_max_images_is_one_line(tmp_path):
+  """--max_images=-5 imported all but the last 5 images ([:-5])."""
+  write_mnist_dir(str(tmp_path / 'src'))
+  out = subprocess.run([sys.executable, '-m', 'pixelreg_jax.import_data', '--dataset=mnist',
+                        f'--source={tmp_path / "src"}', f'--data_dir={tmp_path / "dd"}', '--max_images=-5'],
+                       cwd=ROOT, env=run_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      'error: flag --max_images=-5: -5 is not a non-negative integer'], out.stderr[-2000:]
+  assert not (tmp_path / 'dd').exists()

@@ -166,6 +166,7 @@ def test_split_indices_disjoint_deterministic_and_subset():
     ('population', '1:0.5,abc', 'population'),
     ('population', '1:0.5,2:1.5', 'population: Th'),
     ('population', '1:0.5,1:0.5', 'twice'),
+    ('population', '4:0.8,4:0.8000001', "share the run directory 'a4_th0.8'"),
     ('reg.name', 'nope', 'reg.name'),
 ])
 def test_invalid_config_values_give_one_line_errors(field, value, match):
