@@ -192,11 +192,18 @@ def read_idx_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.n
 
 
 def save_npz(path: str, images: np.ndarray, labels: np.ndarray) -> None:
-  """Writes a split atomically (temporary file, then rename)."""
+  """Writes a split atomically (temporary file, then rename); a failed write (a full disk)
+  leaves no temporary file and raises ``OSError`` naming ``path``."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp.npz'
-  np.savez(tmp, images=np.asarray(images, np.uint8), labels=np.asarray(labels, np.int32))
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, images=np.asarray(images, np.uint8), labels=np.asarray(labels, np.int32))
+    os.replace(tmp, path)
+  except OSError as e:
+    raise OSError(e.errno, e.strerror or str(e), path) from e
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ or with labels outside [0, num_classes), stop the import with one ``error:`` lin
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -84,6 +85,24 @@ def import_idx(source: str, max_images: int = 0) -> dict[str, Split]:
 # ---------------------------------------------------------------------------------------
 
 
+# No official file (a CIFAR batch: 31 MB; an Imagenet32 batch: 394 MB) comes near this: a bigger
+# declared size is a damaged or crafted archive, refused before anything is read.
+MAX_FILE_BYTES = 2 << 30
+
+
+def _read_bounded(name: str, size: int, read: Callable[[], bytes]) -> bytes:
+  """``read()``, once the file's declared ``size`` is known to be ≤ MAX_FILE_BYTES."""
+  if size > MAX_FILE_BYTES:
+    raise ImportDataError(f'{name} declares {size:,} bytes, more than any official file ({MAX_FILE_BYTES:,}); '
+                          'the archive is damaged or not the official one')
+  return read()
+
+
+def _read_file(path: str) -> bytes:
+  with open(path, 'rb') as f:
+    return _read_bounded(path, os.fstat(f.fileno()).st_size, f.read)
+
+
 def _cifar_members(source: str, archive_name: str, folder: str, names: list[str]) -> dict[str, bytes]:
   """The named pickles of a CIFAR distribution, from the archive or its extracted folder."""
   candidates = [source, os.path.join(source, archive_name)]
@@ -94,10 +113,11 @@ def _cifar_members(source: str, archive_name: str, folder: str, names: list[str]
         missing = [n for n in names if n not in members]
         if missing:
           raise ImportDataError(f'{path} lacks {missing}; is it {archive_name}?')
-        return {n: tar.extractfile(members[n]).read() for n in names}
+        return {n: _read_bounded(f'{path}:{members[n].name}', members[n].size, tar.extractfile(members[n]).read)
+                for n in names}
   for d in (source, os.path.join(source, folder)):
     if all(os.path.isfile(os.path.join(d, n)) for n in names):
-      return {n: open(os.path.join(d, n), 'rb').read() for n in names}
+      return {n: _read_file(os.path.join(d, n)) for n in names}
   raise ImportDataError(f'{source} is neither {archive_name} nor a folder holding {folder}/{names[0]} …')
 
 
@@ -179,33 +199,40 @@ def _batch_order(name: str) -> tuple[int, str]:
   return (int(digits) if digits else 0, base)
 
 
-def _imagenet_files(source: str) -> dict[str, list[tuple[str, bytes]]]:
-  """{'train': [(name, bytes)…], 'test': […]} from zips, folders or a single npz."""
+def _imagenet_files(source: str, stack: contextlib.ExitStack) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
+  """{'train': [(name, read)…], 'test': […]} from zips, folders or a single npz; ``read()``
+  reads one file (bounded by MAX_FILE_BYTES) when it is needed. Zips stay open in ``stack``."""
   paths = [source] if os.path.isfile(source) else sorted(glob.glob(os.path.join(source, '*')))
-  files: dict[str, list[tuple[str, bytes]]] = {'train': [], 'test': []}
+  files: dict[str, list[tuple[str, Callable[[], bytes]]]] = {'train': [], 'test': []}
 
   def add(name, read):
     base = os.path.basename(name)
     if base.startswith('train_data_batch_'):
-      files['train'].append((name, read()))
+      files['train'].append((name, read))
     elif base.startswith('val_data'):
-      files['test'].append((name, read()))
+      files['test'].append((name, read))
 
   for p in paths:
     if p.endswith('.zip') and zipfile.is_zipfile(p):
-      with zipfile.ZipFile(p) as z:
-        for info in z.infolist():
-          if not info.is_dir():
-            add(info.filename, lambda i=info: z.read(i))
+      z = stack.enter_context(zipfile.ZipFile(p))
+      for info in z.infolist():
+        if not info.is_dir():
+          add(info.filename, lambda i=info, z=z, p=p: _read_bounded(f'{p}:{i.filename}', i.file_size,
+                                                                    lambda: z.read(i)))
     elif os.path.isfile(p):
-      add(p, lambda p=p: open(p, 'rb').read())
+      add(p, lambda p=p: _read_file(p))
   if not files['train'] and os.path.isfile(source) and source.endswith('.npz'):
-    files['train'].append((source, open(source, 'rb').read()))
+    files['train'].append((source, lambda: _read_file(source)))
   return files
 
 
 def import_imagenet32(source: str, max_images: int = 0) -> dict[str, Split]:
-  files = _imagenet_files(source)
+  """Reads the batches in order, and only as many as ``max_images`` needs."""
+  with contextlib.ExitStack() as stack:
+    return _import_imagenet32(_imagenet_files(source, stack), source, max_images)
+
+
+def _import_imagenet32(files: dict, source: str, max_images: int) -> dict[str, Split]:
   if not files['train'] and not files['test']:
     raise ImportDataError(f'{source} holds no Imagenet32 files (train_data_batch_*, val_data, or one .npz)')
   out = {}
@@ -213,8 +240,8 @@ def import_imagenet32(source: str, max_images: int = 0) -> dict[str, Split]:
     if not entries:
       continue
     xs, ys, n = [], [], 0
-    for name, blob in sorted(entries, key=lambda e: _batch_order(e[0])):
-      x, y = _read_batch(name, blob)
+    for name, read in sorted(entries, key=lambda e: _batch_order(e[0])):
+      x, y = _read_batch(name, read())
       xs.append(x)
       ys.append(y)
       n += len(x)
@@ -239,9 +266,12 @@ def read_source(name: str, source: str, max_images: int = 0) -> dict[str, Split]
     return IMPORTERS[name](source, max_images)
   except (ImportDataError, DataError):
     raise
+  except MemoryError as e:
+    raise ImportDataError(f'{source}: not enough memory to read the {name} files; '
+                          'import fewer images with --max_images') from e
   except _READ_ERRORS as e:
     raise ImportDataError(f'{source} is damaged or not the official {name} files '
-                       f'({type(e).__name__}: {cli.one_line(str(e), 200)})') from e
+                          f'({type(e).__name__}: {cli.one_line(str(e), 200)})') from e
 
 
 def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_images: int = 0) -> dict:

@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import textwrap
 import zipfile
 
 import numpy as np
@@ -240,3 +241,59 @@ def test_a_negative_max_images_is_one_line(tmp_path):
   assert out.returncode == 2 and out.stderr.strip().splitlines() == [
       'error: flag --max_images=-5: -5 is not a non-negative integer'], out.stderr[-2000:]
   assert not (tmp_path / 'dd').exists()
+
+
+def _declare_size(zip_path, declared: int):
+  """Rewrites the uncompressed size that the zip's central directory declares for its member."""
+  raw = bytearray(zip_path.read_bytes())
+  at = raw.rfind(b'PK\x01\x02')   # the (only) central directory entry
+  raw[at + 24:at + 28] = declared.to_bytes(4, 'little')
+  zip_path.write_bytes(bytes(raw))
+
+
+def test_an_archive_member_declaring_gigabytes_is_refused_unread(tmp_path):
+  """A small zip whose member declares 3.75 GiB: one line before anything is read (it was a
+  MemoryError traceback)."""
+  with zipfile.ZipFile(tmp_path / 'Imagenet32_train_npz.zip', 'w') as z:
+    z.writestr('Imagenet32_train_npz/train_data_batch_1.npz', b'x' * 1000)
+  _declare_size(tmp_path / 'Imagenet32_train_npz.zip', 0xF0000000)
+  with pytest.raises(errors.ImportDataError, match=r'train_data_batch_1.npz declares 4,026,531,840 bytes, more '
+                     'than any official file') as e:
+    import_data.import_dataset('imagenet32', str(tmp_path), str(tmp_path / 'dd'))
+  assert '\n' not in str(e.value) and not (tmp_path / 'dd').exists()
+
+
+def test_max_images_bounds_what_is_read(tmp_path, monkeypatch):
+  """--max_images=5 of batches of 5 images: only the first batch is read from disk."""
+  rng = np.random.default_rng(0)
+  src = tmp_path / 'src'
+  src.mkdir()
+  for i in (1, 2):
+    x = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    (src / f'train_data_batch_{i}').write_bytes(pickle.dumps({'data': _nchw_rows(x), 'labels': [1] * 5}))
+  read, real = [], import_data._read_file
+  monkeypatch.setattr(import_data, '_read_file', lambda path: read.append(os.path.basename(path)) or real(path))
+  out = import_data.import_dataset('imagenet32', str(src), str(tmp_path / 'dd'), max_images=5)
+  assert out['splits']['train']['images'] == 5 and read == ['train_data_batch_1']
+  (src / 'train_data_batch_2').write_bytes(b'damaged')
+  with pytest.raises(errors.ImportDataError, match='damaged'):
+    import_data.import_dataset('imagenet32', str(src), str(tmp_path / 'dd2'), max_images=6)
+
+
+_IMPORT_ONTO_A_FULL_DISK = textwrap.dedent('''
+    import resource, sys
+    from pixelreg_jax import cli, import_data
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))   # writes fail with EFBIG
+    with cli.one_line_errors():
+      import_data.import_dataset('mnist', sys.argv[1], sys.argv[2])
+''')
+
+
+def test_an_import_onto_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
+  write_mnist_dir(str(tmp_path / 'src'))
+  out = subprocess.run([sys.executable, '-c', _IMPORT_ONTO_A_FULL_DISK, str(tmp_path / 'src'), str(tmp_path / 'dd')],
+                       cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+  assert lines[0].startswith(f'error: {tmp_path / "dd"}/imported/mnist/') and 'File too large' in lines[0]
+  assert not [p for p in (tmp_path / 'dd').rglob('*') if p.is_file()]   # no .tmp.npz left behind
