@@ -80,6 +80,29 @@ def import_idx(source: str, max_images: int = 0) -> dict[str, Split]:
   return out
 
 
+def idx_identity(name: str, splits: dict[str, Split]) -> str:
+  """Which release the IDX splits are, told by their class counts: Fashion-MNIST has exactly
+  6000 training and 1000 test images of each class; MNIST has not (5421–6742 and 892–1135).
+  Both have 60 000 + 10 000 images of 28×28, so nothing else in the files tells them apart.
+
+  Returns:
+    What was found, for the import's report.
+  Raises:
+    ImportDataError: the files are the other dataset's.
+  """
+  counts = {split: np.bincount(labels, minlength=10) for split, (_, labels) in splits.items()}
+  full = {split: len(splits[split][1]) for split in splits} == {'train': 60000, 'test': 10000}
+  if not full:
+    return 'not checked (only the whole release is told apart from the other one by its class counts)'
+  balanced = all(np.all(c == c[0]) for c in counts.values())
+  found = 'fashion_mnist' if balanced else 'mnist'
+  if name in ('mnist', 'fashion_mnist') and found != name:
+    raise ImportDataError(f'these are {found} files, not {name} ('
+                          f'{"exactly" if balanced else "not"} 6000 training images per class); '
+                          f'use --dataset={found}')
+  return f'{found} (60 000 + 10 000 images; class counts {"equal" if balanced else "unequal"}, as in {found})'
+
+
 # ---------------------------------------------------------------------------------------
 # CIFAR (python pickles, in a tar.gz or extracted).
 # ---------------------------------------------------------------------------------------
@@ -285,7 +308,9 @@ def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_i
   info = data_lib.get_info(name)
   data_dir = data_dir or data_lib.default_data_dir()
   splits = {}
-  for split, (images, labels) in read_source(name, source, max_images).items():
+  read = read_source(name, source, max_images)
+  identity = idx_identity(name, read) if IMPORTERS[name] is import_idx else None
+  for split, (images, labels) in read.items():
     if max_images:
       images, labels = images[:max_images], labels[:max_images]
     images, labels = np.asarray(images), np.asarray(labels)
@@ -298,7 +323,8 @@ def import_dataset(name: str, source: str, data_dir: Optional[str] = None, max_i
     path = data_lib.imported_path(data_dir, name, split)
     data_lib.save_npz(path, images, labels)
     written[split] = {'images': int(len(images)), 'path': path}
-  return {'dataset': name, 'data_dir': data_dir, 'splits': written}
+  out = {'dataset': name, 'data_dir': data_dir, 'splits': written}
+  return out if identity is None else {**out, 'identified_as': identity}
 
 
 def main(argv):

@@ -297,3 +297,39 @@ def test_an_import_onto_a_full_disk_names_the_file_and_leaves_nothing(tmp_path):
   assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
   assert lines[0].startswith(f'error: {tmp_path / "dd"}/imported/mnist/') and 'File too large' in lines[0]
   assert not [p for p in (tmp_path / 'dd').rglob('*') if p.is_file()]   # no .tmp.npz left behind
+
+
+_REAL_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+
+
+@pytest.mark.skipif(not os.path.isfile(f'{_REAL_FASHION_MNIST}/t10k-labels-idx1-ubyte.gz'),
+                    reason='Debian dataset-fashion-mnist not installed')
+def test_fashion_mnist_files_imported_as_mnist_are_refused(tmp_path):
+  """The real Fashion-MNIST files under --dataset=mnist were imported silently."""
+  out = subprocess.run([sys.executable, '-m', 'pixelreg_jax.import_data', '--dataset=mnist',
+                        f'--source={_REAL_FASHION_MNIST}', f'--data_dir={tmp_path / "dd"}'], cwd=ROOT, env=run_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      'error: these are fashion_mnist files, not mnist (exactly 6000 training images per class); '
+      'use --dataset=fashion_mnist'], out.stderr[-2000:]
+  assert not (tmp_path / 'dd').exists()
+
+
+def test_idx_releases_are_told_apart_by_their_class_counts():
+  """MNIST's published class counts (LeCun et al.) against Fashion-MNIST's 6000/1000 per class."""
+  mnist_train = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+  mnist_test = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+  def splits(train_counts, test_counts):
+    return {split: (None, np.repeat(np.arange(10), counts)) for split, counts in
+            (('train', train_counts), ('test', test_counts))}
+
+  mnist, fashion = splits(mnist_train, mnist_test), splits([6000] * 10, [1000] * 10)
+  assert import_data.idx_identity('mnist', mnist).startswith('mnist ')
+  assert import_data.idx_identity('fashion_mnist', fashion).startswith('fashion_mnist ')
+  with pytest.raises(errors.ImportDataError, match='these are mnist files, not fashion_mnist'):
+    import_data.idx_identity('fashion_mnist', mnist)
+  with pytest.raises(errors.ImportDataError, match='these are fashion_mnist files, not mnist'):
+    import_data.idx_identity('mnist', fashion)
+  partial = {split: (None, labels[:100]) for split, (_, labels) in mnist.items()}
+  assert import_data.idx_identity('fashion_mnist', partial).startswith('not checked')
