@@ -14,6 +14,7 @@ default CPU collectives; GPUs use NCCL.
 from __future__ import annotations
 
 import os
+import resource
 from typing import Optional, Sequence
 
 import jax
@@ -57,6 +58,29 @@ def check_batch(batch_size: int, mesh: Mesh, pairs_per_step: int = 0) -> None:
   if pairs_per_step and pairs_per_step % n:
     raise ConfigError(f'config.reg.pairs_per_step={pairs_per_step} does not divide over {n} devices; '
                       f'use a multiple of {n}')
+
+
+def usable_memory_bytes(device: jax.Device) -> Optional[int]:
+  """The bytes arrays can take on ``device``, or None when unknown: an accelerator's memory
+  limit; on a CPU the least of the machine's available memory, this process's address-space limit
+  (``ulimit -v``) and its cgroup's memory limit."""
+  if device.platform != 'cpu':
+    return (device.memory_stats() or {}).get('bytes_limit')
+  limits = []
+  soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+  if soft != resource.RLIM_INFINITY:
+    limits.append(soft)
+  for path, scale in (('/proc/meminfo', 1024), ('/sys/fs/cgroup/memory.max', 1)):
+    try:
+      with open(path) as f:
+        text = f.read()
+    except OSError:
+      continue
+    if path.endswith('meminfo'):
+      text = next((line.split()[1] for line in text.splitlines() if line.startswith('MemAvailable:')), '')
+    if text.strip().isdigit():
+      limits.append(int(text) * scale)
+  return min(limits) if limits else None
 
 
 def _env_int(name: str) -> Optional[int]:

@@ -28,7 +28,7 @@ from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax import jsonio, parallel, population, progress, regularizers, rundir, train
-from pixelreg_jax.errors import TrainingError
+from pixelreg_jax.errors import ConfigError, TrainingError
 
 Array = jax.Array
 
@@ -94,8 +94,34 @@ def build_parts(config: ml_collections.ConfigDict, host: Optional[dict] = None,
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch(config.batch_size, mesh, config.reg.pairs_per_step if regularizer else 0)
   steps_per_epoch = train_indices.shape[1] // config.batch_size
-  return Parts(config, m, keys, host, train_indices, [s[1] for s in splits], regularizer,
-               train.create_model(config), train.create_optimizer(config, steps_per_epoch), mesh)
+  model, tx = train.create_model(config), train.create_optimizer(config, steps_per_epoch)
+  check_memory(config, model, tx, keys, mesh)
+  return Parts(config, m, keys, host, train_indices, [s[1] for s in splits], regularizer, model, tx, mesh)
+
+
+def check_memory(config: ml_collections.ConfigDict, model, tx, keys: population.SeedKeys,
+                 mesh: jax.sharding.Mesh) -> None:
+  """Refuses a run whose train state cannot fit, before anything is allocated or compiled.
+
+  What is counted is a lower bound of the step's memory on each device: the state of every member
+  (parameters, optimizer state, statistics; replicated) and one gradient of the parameters, from
+  the state's shapes alone (``jax.eval_shape``). Activations come on top, so a run that passes
+  may still not fit; one that fails cannot.
+
+  Raises:
+    ConfigError: the bound exceeds what the device can hold (``parallel.usable_memory_bytes``).
+  """
+  usable = parallel.usable_memory_bytes(mesh.devices.flat[0])
+  if usable is None:
+    return
+  state = jax.eval_shape(jax.vmap(lambda k: train.create_train_state(k, config, model, tx)), keys.init)
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+  need = nbytes(state) + nbytes(state.params)
+  if need > usable:
+    raise ConfigError(f'the train state of {len(keys.init)} model(s) ({config.model.name}, config.model.width='
+                      f'{config.model.width}) needs at least {need / 2**30:.1f} GiB per device (parameters, '
+                      f'gradients, optimizer state), more than the {usable / 2**30:.1f} GiB available; lower '
+                      'config.model.width or the number of models')
 
 
 class Trainer:

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, run_env, synthetic_host_data, tiny_config
+from conftest import ROOT, cli_overrides, run_env, synthetic_host_data, tiny_config, write_imported_dataset
 from pixelreg_jax import checkpoint as ckpt_lib
 from pixelreg_jax import errors, rundir
 from pixelreg_jax import trainer as trainer_lib
@@ -212,4 +212,22 @@ def test_bad_command_lines_are_one_line(tmp_path, args, message):
                        text=True, timeout=300)
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert out.returncode == 2 and lines and lines[-1].startswith('error: ') and message in lines[-1], out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+
+
+def test_a_model_that_cannot_fit_is_refused_before_anything_is_allocated(tmp_path):
+  """Width 2048 under an 8 GiB address-space limit aborted in XLA (std::bad_alloc, exit 134; or
+  an 'Out of memory' traceback): the state's size is known from its shapes before compiling."""
+  import resource
+  limit = 8 << 30
+  data_dir = tmp_path / 'data'
+  write_imported_dataset(data_dir, n_train=256, n_test=32)
+  out = subprocess.run(
+      [sys.executable, '-m', 'pixelreg_jax.main', f'--workdir={tmp_path / "run"}',
+       *cli_overrides(data_dir, **{'model.width': 2048, 'num_epochs': 1})],
+      cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300,
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY)))
+  lines = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+  assert 'config.model.width=2048' in lines[0] and 'more than the' in lines[0] and 'GiB available' in lines[0]
   assert 'Traceback' not in out.stderr
