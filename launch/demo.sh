@@ -15,7 +15,7 @@ echo "== 2/4 train its unregularized twin (same seed and data order): --config.r
 python -m pixelreg_jax.main --config=configs/fashion_mnist.py --workdir="$OUT/unregularized" --config.reg.alpha=0 "$@"
 echo "== 3/4 noise robustness on 1000 test images (Gaussian, uniform, salt & pepper; 10 levels each)"
 for m in unregularized regularized; do
-  python -m pixelreg_jax.evaluate --workdir="$OUT/$m" --attacks=gaussian,uniform,salt_pepper --num_images=1000
+  python -m pixelreg_jax.evaluate --workdir="$OUT/$m" --attacks=gaussian,uniform,salt_pepper --eval.num_images=1000
 done
 echo "== 4/4 plot"
 python -m pixelreg_jax.report --workdirs="$OUT/unregularized,$OUT/regularized" --out="$OUT" \

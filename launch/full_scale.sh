@@ -68,8 +68,8 @@ stamp "3/5 attacks: $ATTACKS"
 t0=$(date +%s)
 for wd in "${RUNS[@]}"; do
   [ -f "$wd/robustness.json" ] || python -m pixelreg_jax.evaluate --workdir="$wd" --source_workdir="$OUT/source" \
-    --attacks="$ATTACKS" --num_images="$EVAL_IMAGES" --boundary_images="$BOUNDARY_IMAGES" \
-    --boundary_repeats="$BOUNDARY_REPEATS" --boundary_steps="$BOUNDARY_STEPS" 2>&1 | tee -a "$LOG" | tail -n 1
+    --attacks="$ATTACKS" --eval.num_images="$EVAL_IMAGES" --eval.boundary.images="$BOUNDARY_IMAGES" \
+    --eval.boundary.repeats="$BOUNDARY_REPEATS" --eval.boundary.steps="$BOUNDARY_STEPS" 2>&1 | tee -a "$LOG" | tail -n 1
 done
 WALL[evaluate]=$(( $(date +%s) - t0 ))
 

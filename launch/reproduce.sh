@@ -41,7 +41,7 @@ else
   mapfile -t grid_dirs < <(python -c "import json; print('\n'.join(json.load(open('$OUT/grid/result.json'))['settings']))")
   for wd in "${grid_dirs[@]}"; do
     [ -f "$wd/robustness_select.json" ] || python -m pixelreg_jax.evaluate --workdir="$wd" \
-      --attacks=gaussian,uniform,salt_pepper --first_image=8000 --num_images=2000 \
+      --attacks=gaussian,uniform,salt_pepper --eval.first_image=8000 --eval.num_images=2000 \
       --output="$wd/robustness_select.json" | tail -n 1
   done
 
@@ -63,7 +63,9 @@ fi
 
 stamp "3/4 $SEEDS seeds per model, every attack"
 SEEDS="$SEEDS" ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary,${PGD:-pgd},corruptions \
-  EVAL_ARGS="--num_images=2000 --boundary_images=${BOUNDARY_IMAGES:-200} --boundary_repeats=${BOUNDARY_REPEATS:-2} --pgd_images=${PGD_IMAGES:-200} --corruption_images=${CORRUPTION_IMAGES:-1000}" \
+  EVAL_ARGS="--eval.num_images=2000 --eval.boundary.images=${BOUNDARY_IMAGES:-200} \
+--eval.boundary.repeats=${BOUNDARY_REPEATS:-2} --eval.pgd.images=${PGD_IMAGES:-200} \
+--eval.corruptions.images=${CORRUPTION_IMAGES:-1000}" \
   bash launch/seeds.sh $CONFIG "$OUT/seeds" "${COMMON[@]}" --config.reg.alpha="$ALPHA" --config.reg.threshold="$TH"
 
 stamp "4/4 Fig. 1 analysis"

@@ -4,7 +4,7 @@
 # FGSM, every attack on every seed, and the mean ± SEM report (Fig. 2/3 style).
 #
 #   bash launch/seeds.sh CONFIG OUT [config overrides for both models…]
-#   SEEDS=7 ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary EVAL_ARGS="--num_images=2000" \
+#   SEEDS=7 ATTACKS=gaussian,uniform,salt_pepper,fgsm,boundary EVAL_ARGS="--eval.num_images=2000" \
 #     bash launch/seeds.sh configs/mnist_by_mnist.py runs/mnist
 #
 # The N seeds of a model train together in one program (--config.num_seeds=N; vmapped on a GPU,

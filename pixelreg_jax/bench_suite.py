@@ -31,10 +31,9 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from pixelreg_jax import attacks as attacks_lib
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
-from pixelreg_jax import evaluate, rundir
+from pixelreg_jax import evaluation, rundir
 from pixelreg_jax import trainer as trainer_lib
 
 CIFAR10_TRAIN_IMAGES, PAPER_EPOCHS = 49500, 40
@@ -103,8 +102,8 @@ def eval_rows(config, eval_seeds: int, eval_images: int, boundary_images: int, b
   in ``seconds``; ``seconds_warm`` is a second, compiled run)."""
   rng = np.random.default_rng(0)
   run, images, labels = _eval_model(config, eval_seeds, train_steps, eval_images, rng)
-  ctx = evaluate.Context(run, images, labels, 0, evaluate.test_set_bounds(run, images), jax.random.PRNGKey(0), 0,
-                         batch_size, run, 0, evaluate.Options(), lambda s: None)
+  ctx = evaluation.Context(run, images, labels, 0, evaluation.test_set_bounds(run, images), jax.random.PRNGKey(0),
+                           evaluation.evaluation_config({'batch_size': batch_size}), source=run)
   rows = []
 
   def timed(name: str, fn, **extra):
@@ -119,18 +118,18 @@ def eval_rows(config, eval_seeds: int, eval_images: int, boundary_images: int, b
     rows.append(r)
     return result
 
-  timed('noise sweep', lambda: evaluate.level_accuracy(ctx, 'gaussian'), seeds=eval_seeds, images=eval_images,
-        levels=10)
-  timed('transferred FGSM', lambda: evaluate.level_accuracy(ctx, 'fgsm'), seeds=eval_seeds, images=eval_images,
-        levels=10)
+  level_accuracy = evaluation.curves.level_accuracy
+  timed('noise sweep', lambda: level_accuracy(ctx, 'gaussian'), seeds=eval_seeds, images=eval_images, levels=10)
+  timed('transferred FGSM', lambda: level_accuracy(ctx, 'fgsm'), seeds=eval_seeds, images=eval_images, levels=10)
   one_config = copy.deepcopy(run.config)
   one_config.num_seeds = 1
   one = rundir.Run('', one_config, run.model, jax.tree.map(lambda v: v[:1], run.variables), {})
-  b_ctx = evaluate.Context(one, images, labels, 0, ctx.bounds, ctx.key, 0, batch_size, None, 0,
-                           evaluate.Options(attacks_lib.BoundaryConfig(steps=boundary_steps), boundary_images, 1,
-                                            min(boundary_images, 1000)), lambda s: None)
-  result = timed('Boundary (release protocol)', lambda: evaluate.boundary_eval(b_ctx, images[:boundary_images]),
-                 seeds=1, images=boundary_images, steps=boundary_steps, repeats=1)
+  b_ctx = evaluation.Context(one, images, labels, 0, ctx.bounds, ctx.key, evaluation.evaluation_config(
+      {'batch_size': batch_size, 'boundary.steps': boundary_steps, 'boundary.images': boundary_images,
+       'boundary.repeats': 1, 'boundary.batch': min(boundary_images, 1000)}))
+  result = timed('Boundary (release protocol)',
+                 lambda: evaluation.boundary.boundary_eval(b_ctx, images[:boundary_images]), seeds=1,
+                 images=boundary_images, steps=boundary_steps, repeats=1)
   rows[-1]['no_start'] = result['no_start'][0][0]
   return rows
 

@@ -186,11 +186,52 @@ def trained(tmp_path_factory):
 # The evaluation itself: tests/test_evaluate.py.
 
 
+@pytest.mark.parametrize('flag,line', [
+    ('--num_images=1000', 'error: --num_images is now --eval.num_images'),
+    ('--boundary_images=100', 'error: --boundary_images is now --eval.boundary.images'),
+    ('--corruptions=fog', 'error: --corruptions is now --eval.corruptions.names'),
+    ('--eval.num_images=-5', 'error: eval.num_images=-5: must be at least 0'),
+    ('--eval.boundary.protocol=weak', "error: eval.boundary.protocol='weak': choose one of ('release', 'strong')"),
+    ('--eval.num_images=abc', "error: flag --eval.num_images=abc: invalid literal for int() with base 10: 'abc'"),
+    ('--eval.boundary.imagez=3', "error: --eval.boundary.imagez: eval has no field 'boundary.imagez' "
+                                 '(did you mean --eval.boundary.images?)'),
+    ('--eval.corruptions.names=nope', "error: eval.corruptions.names: unknown corruption(s) ['nope']"),
+    ('--eval.boundary=3', 'error: --eval.boundary is a group of settings; set its fields: --eval.boundary.batch, '),
+])
+def test_evaluate_flag_errors_are_one_line_before_anything_is_read(tmp_path, flag, line):
+  out = _run(['pixelreg_jax.evaluate', f'--workdir={tmp_path}/none', '--attacks=gaussian', flag],
+             JAX_LOG_COMPILES='1')
+  assert _one_error_line(out).startswith(line)
+  assert 'Compiling' not in out.stderr and not (tmp_path / 'none').exists()
+
+
+_EVALUATE_NAN = textwrap.dedent('''
+    import sys
+    from pixelreg_jax import cli, evaluate, evaluation
+    record = {'workdir': sys.argv[-1], 'num_images': 10, 'clean_accuracy': [0.5], 'results': {
+        'boundary': {'kind': 'boundary', 'score': [float('nan')], 'median_per_repeat': [[float('nan')]]}}}
+    evaluation.evaluate_run = lambda *a, **k: record
+    evaluate.define_flags()
+    cli.run(evaluate.main)
+''')
+
+
+def test_evaluate_writes_and_prints_strict_json(tmp_path):
+  """An undefined Boundary score (NaN: a repeat without a successful image) is null in the file
+  and in the printed line, never NaN."""
+  out = subprocess.run([sys.executable, '-c', _EVALUATE_NAN, f'--workdir={tmp_path}', str(tmp_path)], cwd=ROOT,
+                       env=run_env(), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'NaN' not in out.stdout and json.loads(out.stdout)['boundary_score'] is None
+  text = (tmp_path / 'robustness.json').read_text()
+  assert 'NaN' not in text and json.loads(text)['results']['boundary']['score'] == [None]
+
+
 def test_report_pools_seeds_and_writes_plot_and_table(tmp_path):
   def record(wd, alpha, acc):
-    rec = {'workdir': str(wd), 'dataset': 'mnist', 'seeds': list(range(len(acc))), 'alpha': alpha,
+    rec = {'format': 2, 'workdir': str(wd), 'dataset': 'mnist', 'seeds': list(range(len(acc))), 'alpha': alpha,
            'threshold': 0.2, 'reg_dataset': 'mnist', 'num_images': 10,
-           'attacks': {'gaussian': {'levels': [0.0, 0.25, 0.5], 'accuracy': acc}}}
+           'results': {'gaussian': {'kind': 'curve', 'levels': [0.0, 0.25, 0.5], 'accuracy': acc}}}
     wd.mkdir()
     (wd / 'robustness.json').write_text(json.dumps(rec))
     return str(wd)
@@ -253,9 +294,9 @@ def test_analysis_refuses_a_quadratic_blow_up_before_loading_anything(tmp_path):
 
 
 def _evaluated(path, alpha, acc, seeds=(0,), config=None):
-  rec = {'workdir': str(path), 'dataset': 'mnist', 'seeds': list(seeds), 'alpha': alpha, 'threshold': 0.2,
-         'reg_dataset': 'mnist', 'num_images': 10,
-         'attacks': {'gaussian': {'levels': [0.0, 0.5], 'accuracy': acc}}}
+  rec = {'format': 2, 'workdir': str(path), 'dataset': 'mnist', 'seeds': list(seeds), 'alpha': alpha,
+         'threshold': 0.2, 'reg_dataset': 'mnist', 'num_images': 10,
+         'results': {'gaussian': {'kind': 'curve', 'levels': [0.0, 0.5], 'accuracy': acc}}}
   path.mkdir()
   (path / 'robustness.json').write_text(json.dumps(rec))
   if config is not None:
@@ -279,8 +320,9 @@ def test_report_refuses_two_copies_of_the_same_run(tmp_path, with_config):
   a = _evaluated(tmp_path / 'a', 0.0, [[0.9, 0.5]], config=config)
   b = tmp_path / 'copy'
   shutil.copytree(a, b)
-  if with_config:   # a field that does not change the model may differ
-    (b / 'config.json').write_text(json.dumps(dict(config, data_dir='/data/b')))
+  if with_config:   # fields that do not change the model (rundir.NOT_THE_MODEL) may differ
+    (b / 'config.json').write_text(json.dumps(dict(config, data_dir='/data/b', fused_pass=True,
+                                                   seed_parallelism='vmap')))
   out = _run(['pixelreg_jax.report', f'--workdirs={a},{b}', f'--out={tmp_path}/out'])
   line = _one_error_line(out)
   assert 'hold the same run (seeds [0], same config)' in line and str(b) in line

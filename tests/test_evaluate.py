@@ -1,12 +1,17 @@
-"""The evaluation of a run directory: every evaluator of the registry, on a tiny trained run."""
+"""The evaluation of a run directory: every evaluator of the registry on a tiny trained run, the
+settings ConfigDict and its one-line errors, the one-line summary of a hand-made record."""
 import json
+import math
 
 import numpy as np
 import pytest
 
 from conftest import synthetic_host_data, tiny_config
-from pixelreg_jax import attacks, errors, evaluate
+from pixelreg_jax import config as config_lib
+from pixelreg_jax import errors, evaluation, jsonio
 from pixelreg_jax.attacks import whitebox
+from pixelreg_jax.evaluation import corruptions as corruption_kind
+from pixelreg_jax.report import records as report_records
 from pixelreg_jax.trainer import create_trainer, train_loop
 
 
@@ -20,44 +25,119 @@ def trained(tmp_path_factory):
   return wd, host, result
 
 
+SMALL = {'batch_size': 16, 'boundary.steps': 3, 'boundary.init_tries': 20, 'boundary.images': 6,
+         'boundary.repeats': 2, 'boundary.batch': 3, 'pgd.images': 12, 'corruptions.images': 8,
+         'corruptions.names': 'shot_noise,stripe'}
+
+
 def test_every_evaluator_records_every_seed(trained, monkeypatch):
   wd, host, result = trained
-  monkeypatch.setattr(evaluate.data_lib, 'load_split', lambda *a, **k: (host['test_x'], host['test_y']))
-  options = evaluate.Options(attacks.BoundaryConfig(steps=3, init_tries=20), boundary_images=6, boundary_repeats=2,
-                             boundary_batch=3, pgd_images=12, corruption_images=8,
-                             corruptions=('shot_noise', 'stripe'))
+  monkeypatch.setattr(evaluation.run.data_lib, 'load_split', lambda *a, **k: (host['test_x'], host['test_y']))
+  settings = evaluation.evaluation_config(SMALL)
   names = ['gaussian', 'salt_pepper', 'fgsm', 'boundary', 'pgd_linf', 'corruptions']
-  rec = evaluate.evaluate_run(str(wd), names, source_workdir=str(wd), batch_size=16, options=options,
-                              log=lambda s: None)
-  assert rec['seeds'] == [0, 1] and rec['checkpoint']['checkpoint_epoch'] == 1
+  rec = evaluation.evaluate_run(str(wd), names, settings, source_workdir=str(wd), log=lambda s: None)
+  assert rec['format'] == 2 and rec['seeds'] == [0, 1] and rec['checkpoint']['checkpoint_epoch'] == 1
+  assert rec['num_images'] == 40 and rec['settings'] == settings.to_dict() and rec['evaluators'] == names
+  results = rec['results']
+  assert list(results) == names + ['gradient_masking_checks']
+  assert {n: r['kind'] for n, r in results.items()} == {
+      'gaussian': 'curve', 'salt_pepper': 'curve', 'fgsm': 'curve', 'pgd_linf': 'curve', 'boundary': 'boundary',
+      'corruptions': 'corruptions', 'gradient_masking_checks': 'gradient_masking_checks'}
   for name in ('gaussian', 'salt_pepper', 'fgsm', 'pgd_linf'):
-    acc = np.asarray(rec['attacks'][name]['accuracy'])
-    assert acc.shape == (2, 10) and np.all((acc >= 0) & (acc <= 1))
+    acc = np.asarray(results[name]['accuracy'])
+    assert acc.shape == (2, 10) and np.all((acc >= 0) & (acc <= 1)) and results[name]['seconds'] > 0
   # The clean test accuracy that training reported, for each seed; level 0 of every sweep equals it.
   np.testing.assert_allclose(rec['clean_accuracy'], result['test_accuracy_per_member'], atol=1e-6)
   for name in ('gaussian', 'salt_pepper', 'fgsm'):
-    np.testing.assert_allclose(np.asarray(rec['attacks'][name]['accuracy'])[:, 0], rec['clean_accuracy'], atol=1e-6)
-  assert rec['attacks']['pgd_linf']['settings'] == whitebox.PGD_VARIANTS['pgd_linf'].settings()
-  assert rec['attacks']['pgd_linf']['num_images'] == 12
-  b = rec['boundary']
-  assert b['protocol'] == 'release' and b['num_images'] == 6 and b['repeats'] == 2
+    np.testing.assert_allclose(np.asarray(results[name]['accuracy'])[:, 0], rec['clean_accuracy'], atol=1e-6)
+  assert results['pgd_linf']['settings'] == whitebox.PGD_VARIANTS['pgd_linf'].settings()
+  assert results['pgd_linf']['num_images'] == 12
+  b = results['boundary']
+  assert b['protocol'] == 'release' and b['num_images'] == 6 and b['repeats'] == 2 and b['steps'] == 3
   assert len(b['score']) == 2 and len(b['median_per_repeat'][0]) == 2
   for seed in range(2):   # every image is either scored or counted as excluded
     assert [s + n + a for s, n, a in zip(b['successful'][seed], b['no_start'][seed], b['not_adversarial'][seed])] \
         == [6, 6]
-  c = rec['corruptions']
+  c = results['corruptions']
   assert c['variant'] == 'mnist_c' and c['num_images'] == 8
   assert set(c['accuracy']) == {'shot_noise', 'stripe'} and c['severities']['stripe'] == [1]
   assert all(np.asarray(a).shape == (2, len(c['severities'][n])) for n, a in c['accuracy'].items())
-  assert rec['gradient_masking_checks'] and all({'check', 'passed', 'detail'} <= set(x)
-                                                for x in rec['gradient_masking_checks'])
-  json.dumps(rec, allow_nan=True)
-  s = evaluate.summary(rec)
-  assert set(s) >= {'clean_accuracy', 'gaussian_mean_accuracy', 'fgsm_mean_accuracy', 'boundary_score',
-                    'pgd_linf_mean_accuracy', 'corruptions_mean_accuracy'}
+  checks = results['gradient_masking_checks']['checks']
+  assert checks and all({'check', 'passed', 'detail'} <= set(x) for x in checks)
+  json.loads(jsonio.dumps(rec))
+  s = evaluation.summary(rec)
+  assert set(s) == {'workdir', 'num_images', 'clean_accuracy', 'gaussian_mean_accuracy', 'salt_pepper_mean_accuracy',
+                    'fgsm_mean_accuracy', 'boundary_score', 'pgd_linf_mean_accuracy', 'corruptions_mean_accuracy',
+                    'gradient_masking_checks_failed'}
 
 
 def test_unknown_attack_is_a_config_error(trained):
   wd, _, _ = trained
   with pytest.raises(errors.ConfigError, match='unknown attack'):
-    evaluate.evaluate_run(str(wd), ['gaussian', 'nope'])
+    evaluation.evaluate_run(str(wd), ['gaussian', 'nope'], evaluation.evaluation_config())
+
+
+def test_summary_of_a_hand_made_record():
+  """Seed means: clean (0.9 + 0.7)/2; gaussian over 2 seeds × 2 levels (0.9 + 0.5 + 0.7 + 0.3)/4 = 0.6;
+  Boundary (0.02 + NaN)/2 = NaN, printed as null; corruptions: mean over corruptions of each one's
+  mean over seeds and severities, (0.8 + 0.4)/2 = 0.6; the failed checks by name."""
+  rec = {'workdir': '/runs/a', 'num_images': 100, 'clean_accuracy': [0.9, 0.7], 'results': {
+      'gaussian': {'kind': 'curve', 'levels': [0.0, 0.5], 'accuracy': [[0.9, 0.5], [0.7, 0.3]]},
+      'boundary': {'kind': 'boundary', 'score': [0.02, float('nan')]},
+      'corruptions': {'kind': 'corruptions', 'accuracy': {'fog': [[0.9, 0.7], [0.8, 0.8]], 'stripe': [[0.4], [0.4]]}},
+      'gradient_masking_checks': {'kind': 'gradient_masking_checks', 'checks': [
+          {'check': 'a', 'passed': True, 'detail': ''}, {'check': 'b', 'passed': False, 'detail': ''}]}}}
+  s = evaluation.summary(rec)
+  assert s['clean_accuracy'] == pytest.approx(0.8) and s['gaussian_mean_accuracy'] == pytest.approx(0.6)
+  assert math.isnan(s['boundary_score']) and s['corruptions_mean_accuracy'] == pytest.approx(0.6)
+  assert s['gradient_masking_checks_failed'] == ['b']
+  assert json.loads(jsonio.dumps(s))['boundary_score'] is None
+
+
+def test_settings_defaults_are_the_release_protocol():
+  s = evaluation.evaluation_config()
+  assert (s.num_images, s.first_image, s.batch_size, s.seed, s.source_seed_index) == (0, 0, 500, 0, 0)
+  assert s.boundary.to_dict() == {'protocol': 'release', 'images': 1000, 'steps': 50, 'repeats': 5, 'batch': 250,
+                                  'init_tries': 1000}
+  assert (s.pgd.images, s.corruptions.images, s.corruptions.names) == (0, 0, '')
+  evaluation.validate(s)
+  assert evaluation.evaluation_config({'boundary.images': 100}).boundary.images == 100
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'num_images': -1}, 'eval.num_images=-1: must be at least 0'),
+    ({'batch_size': 0}, 'eval.batch_size=0: must be at least 1'),
+    ({'boundary.repeats': 0}, 'eval.boundary.repeats=0: must be at least 1'),
+    ({'boundary.protocol': 'weak'}, "eval.boundary.protocol='weak': choose one of ('release', 'strong')"),
+    ({'boundary.steps': True}, 'eval.boundary.steps=True: an integer is needed'),
+    ({'corruptions.names': 'fog,nope'}, "eval.corruptions.names: unknown corruption(s) ['nope']"),
+])
+def test_bad_settings_are_one_line_config_errors(overrides, message):
+  s = evaluation.evaluation_config()
+  for k, v in overrides.items():
+    group, _, field = k.rpartition('.')
+    (s[group] if group else s)[field] = v
+  with pytest.raises(errors.ConfigError) as e:
+    evaluation.validate(s)
+  assert str(e.value).startswith(message) and '\n' not in str(e.value)
+
+
+def test_an_unknown_setting_is_refused():
+  s = evaluation.evaluation_config()
+  s.boundary.imagez = 3
+  with pytest.raises(errors.ConfigError, match='eval.boundary.imagez: no such evaluation setting'):
+    evaluation.validate(s)
+
+
+def test_corruptions_the_dataset_family_lacks_are_refused_before_any_data():
+  """The CIFAR-10-C parameters have no 'stripe' (an MNIST-C corruption); MNIST-C has every corruption."""
+  s = evaluation.evaluation_config({'corruptions.names': 'fog,stripe'})
+  cifar = config_lib.base_config()
+  cifar.dataset = 'cifar10'
+  with pytest.raises(errors.ConfigError, match="eval.corruptions.names: corruption 'stripe' has no cifar10_c"):
+    corruption_kind.check(s, cifar)
+  corruption_kind.check(s, config_lib.base_config())   # fashion_mnist: MNIST-C
+
+
+def test_the_report_reads_the_format_evaluate_writes():
+  assert report_records.FORMAT == evaluation.FORMAT

@@ -11,7 +11,7 @@ SETTINGS = {'norm': 'linf', 'steps': 10, 'restarts': 1, 'rel_step_size': 2.5, 'l
 
 
 def _entry(levels, acc, **settings):
-  e = {'levels': list(map(float, levels)), 'accuracy': np.asarray(acc, float).tolist()}
+  e = {'kind': 'curve', 'levels': list(map(float, levels)), 'accuracy': np.asarray(acc, float).tolist()}
   if settings:
     e['settings'] = {**SETTINGS, **settings}
   return e
@@ -23,7 +23,7 @@ def _record():
   eps = np.linspace(0, 0.3, 10)
   fg = np.linspace(0, 0.5, 10)
   pgd = np.tile(np.clip(0.9 - 3 * eps, 0, 1), (3, 1))
-  return {'clean_accuracy': [0.9] * 3, 'num_images': 1000, 'num_classes': 10, 'attacks': {
+  return {'clean_accuracy': [0.9] * 3, 'num_images': 1000, 'num_classes': 10, 'results': {
       'fgsm': _entry(fg, np.tile(0.9 - fg, (3, 1))),
       'uniform': _entry(fg, np.full((3, 10), 0.9)),
       'gaussian': _entry(fg, np.full((3, 10), 0.9)),
@@ -31,6 +31,7 @@ def _record():
       'pgd_linf_steps40': _entry(eps, np.clip(pgd + 0.0005, 0, 1), steps=40),
       'pgd_linf_steps40_restarts5': _entry(eps, np.clip(pgd - 0.01, 0, 1), steps=40, restarts=5),
       'pgd_l2': _entry(eps * 10, np.tile(np.linspace(0.9, 0.5, 10), (3, 1)), norm='l2'),
+      'boundary': {'kind': 'boundary', 'score': [0.01] * 3},          # not a curve: ignored
   }}
 
 
@@ -55,7 +56,7 @@ def test_a_consistent_record_passes_every_check_and_is_json():
 def test_pgd_above_transferred_fgsm_fails_at_the_interpolated_level():
   r = _record()
   fg = np.linspace(0, 0.5, 10)
-  r['attacks']['fgsm']['accuracy'] = np.tile(0.9 - 4 * fg, (3, 1)).tolist()
+  r['results']['fgsm']['accuracy'] = np.tile(0.9 - 4 * fg, (3, 1)).tolist()
   c = _by_name(M.gradient_masking_checks(r))['pgd_below_transfer[pgd_linf]']
   assert not c['passed']
   # FGSM levels inside PGD's grid [0, 0.3]: 0.0556·k, k ≤ 5. PGD(ε) − FGSM(ε) = ε > 1/1000 for k ≥ 1;
@@ -65,14 +66,14 @@ def test_pgd_above_transferred_fgsm_fails_at_the_interpolated_level():
 
 def test_pgd_above_uniform_noise_and_not_reaching_chance_fail():
   r = _record()
-  r['attacks']['uniform']['accuracy'] = np.full((3, 10), 0.5).tolist()
-  r['attacks']['pgd_linf']['accuracy'] = np.tile(np.linspace(0.9, 0.6, 10), (3, 1)).tolist()
+  r['results']['uniform']['accuracy'] = np.full((3, 10), 0.5).tolist()
+  r['results']['pgd_linf']['accuracy'] = np.tile(np.linspace(0.9, 0.6, 10), (3, 1)).tolist()
   c = _by_name(M.gradient_masking_checks(r))
   assert not c['pgd_below_noise[pgd_linf]']['passed']
   assert not c['pgd_reaches_chance[pgd_linf]']['passed'] and '0.6000' in c['pgd_reaches_chance[pgd_linf]']['detail']
   assert c['pgd_below_transfer[pgd_linf]']['passed']                 # 0.9 − ε: equal to FGSM
   # The chance limit is 1/num_classes plus the margin.
-  r['attacks']['pgd_linf']['accuracy'] = np.tile(np.linspace(0.9, 0.12, 10), (3, 1)).tolist()
+  r['results']['pgd_linf']['accuracy'] = np.tile(np.linspace(0.9, 0.12, 10), (3, 1)).tolist()
   assert not _by_name(M.gradient_masking_checks(r))['pgd_reaches_chance[pgd_linf]']['passed']
   assert _by_name(M.gradient_masking_checks(r, final_margin=0.03))['pgd_reaches_chance[pgd_linf]']['passed']
   r['num_classes'] = 5
@@ -81,15 +82,15 @@ def test_pgd_above_uniform_noise_and_not_reaching_chance_fail():
 
 def test_more_steps_or_restarts_must_not_raise_accuracy_beyond_one_image():
   r = _record()
-  r['attacks']['pgd_linf_steps40']['accuracy'] = np.clip(
-      np.asarray(r['attacks']['pgd_linf']['accuracy']) + 0.003, 0, 1).tolist()          # 3 images higher
+  r['results']['pgd_linf_steps40']['accuracy'] = np.clip(
+      np.asarray(r['results']['pgd_linf']['accuracy']) + 0.003, 0, 1).tolist()          # 3 images higher
   c = _by_name(M.gradient_masking_checks(r))
   assert not c['more_steps[pgd_linf -> pgd_linf_steps40]']['passed']
   r2 = copy.deepcopy(r)
   r2['num_images'] = 200                                  # now 0.003 is below one image (0.005)
   assert _by_name(M.gradient_masking_checks(r2))['more_steps[pgd_linf -> pgd_linf_steps40]']['passed']
-  r['attacks']['pgd_linf_steps40_restarts5']['accuracy'] = np.clip(
-      np.asarray(r['attacks']['pgd_linf_steps40']['accuracy']) + 0.01, 0, 1).tolist()
+  r['results']['pgd_linf_steps40_restarts5']['accuracy'] = np.clip(
+      np.asarray(r['results']['pgd_linf_steps40']['accuracy']) + 0.01, 0, 1).tolist()
   c = _by_name(M.gradient_masking_checks(r))
   assert not c['more_restarts[pgd_linf_steps40 -> pgd_linf_steps40_restarts5]']['passed']
   assert not c['more_steps_restarts[pgd_linf -> pgd_linf_steps40_restarts5]']['passed']
@@ -97,10 +98,10 @@ def test_more_steps_or_restarts_must_not_raise_accuracy_beyond_one_image():
 
 def test_the_tolerance_grows_with_the_seed_spread_of_the_paired_difference():
   r = _record()
-  base = np.asarray(r['attacks']['pgd_linf']['accuracy'])
+  base = np.asarray(r['results']['pgd_linf']['accuracy'])
   # Mean excess 0.01 with paired differences (+0.04, −0.02, +0.01): SEM = 0.0173 → tolerance 0.035 (z = 2).
-  r['attacks']['pgd_linf_steps40']['accuracy'] = np.clip(base + np.array([[0.04], [-0.02], [0.01]]), 0, 1).tolist()
-  r['attacks']['pgd_linf']['accuracy'] = base.tolist()
+  r['results']['pgd_linf_steps40']['accuracy'] = np.clip(base + np.array([[0.04], [-0.02], [0.01]]), 0, 1).tolist()
+  r['results']['pgd_linf']['accuracy'] = base.tolist()
   key = 'more_steps[pgd_linf -> pgd_linf_steps40]'
   assert _by_name(M.gradient_masking_checks(r))[key]['passed']
   assert not _by_name(M.gradient_masking_checks(r, z=0.5))[key]['passed']   # 0.5·0.0173 < 0.01
@@ -110,24 +111,27 @@ def test_accuracy_rising_with_eps_fails_monotonicity():
   r = _record()
   acc = np.tile(np.linspace(0.5, 0.1, 10), (3, 1))
   acc[:, 6] = 0.45                                        # jumps up from 0.2333
-  r['attacks']['pgd_l2']['accuracy'] = acc.tolist()
+  r['results']['pgd_l2']['accuracy'] = acc.tolist()
   c = _by_name(M.gradient_masking_checks(r))['pgd_monotone[pgd_l2]']
   assert not c['passed'] and '1 of 9' in c['detail']
 
 
 def test_checks_without_their_curves_are_left_out():
   r = _record()
-  del r['attacks']['fgsm'], r['attacks']['uniform']
+  del r['results']['fgsm'], r['results']['uniform']
   names = set(_by_name(M.gradient_masking_checks(r)))
   assert not any(n.startswith(('pgd_below_transfer', 'pgd_below_noise')) for n in names)
-  assert M.gradient_masking_checks({'attacks': {'gaussian': _entry([0, 1], [[1, 0.5]])}}) == []
+  assert M.gradient_masking_checks({'results': {'gaussian': _entry([0, 1], [[1, 0.5]])}}) == []
+  # Only curves count: PGD-like settings on a result of another kind are not a PGD curve.
+  other = {'results': {'x': dict(_entry([0, 1], [[1, 0.5]], steps=10), kind='boundary')}}
+  assert M.pgd_attacks(other) == {} and M.gradient_masking_checks(other) == []
 
 
 def test_compare_models_mean_sem_and_difference():
   a = _record()
   b = _record()
-  a['attacks']['pgd_linf']['accuracy'] = [[0.5] * 10, [0.7] * 10]             # mean 0.6, SEM 0.1
-  b['attacks']['pgd_linf']['accuracy'] = [[0.85] * 10] * 3                     # mean 0.85, SEM 0
+  a['results']['pgd_linf']['accuracy'] = [[0.5] * 10, [0.7] * 10]             # mean 0.6, SEM 0.1
+  b['results']['pgd_linf']['accuracy'] = [[0.85] * 10] * 3                     # mean 0.85, SEM 0
   cmp = M.compare_models(a, b, ['pgd_linf'])
   c = cmp['pgd_linf']
   np.testing.assert_allclose(c['a']['mean'], 0.6)
@@ -144,6 +148,6 @@ def test_compare_models_mean_sem_and_difference():
   np.testing.assert_allclose(pooled['pgd_linf']['a']['sem'], np.sqrt(0.04 / 3) / 2)   # 0.5, 0.7, 0.5, 0.7
   table = M.comparison_markdown(cmp)
   assert '| pgd_linf | 0 | 60.0 ± 10.0 | 85.0 ± 0.0 | +25.0 ± 10.0 * |' in table
-  b['attacks']['pgd_linf']['levels'] = [2 * v for v in b['attacks']['pgd_linf']['levels']]
+  b['results']['pgd_linf']['levels'] = [2 * v for v in b['results']['pgd_linf']['levels']]
   with pytest.raises(ValueError):
     M.compare_models(a, b, ['pgd_linf'])

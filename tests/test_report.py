@@ -1,16 +1,22 @@
 """The report on hand-made robustness records: SEM over pooled seeds, the Boundary score, white-box
-PGD with the gradient-masking checks, corruptions with the mCE, figures, strict JSON. Every expected
-number is worked out by hand in the comments from the records below."""
+PGD with the gradient-masking checks, corruptions with the mCE, figures, strict JSON, the grid.
+Every expected number is worked out by hand in the comments from the records below. Records of the
+first format are upgraded on load: by hand, and the committed docs/results records reproduce the
+committed summary."""
 import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from pixelreg_jax import errors, report
+from conftest import ROOT, run_env
+from pixelreg_jax import errors, jsonio, report
 from pixelreg_jax.attacks import masking
+from pixelreg_jax.report.figures import short_labels
 
 LINF = {'norm': 'linf', 'steps': 10, 'restarts': 1, 'rel_step_size': 2.5, 'loss': 'ce', 'random_start': True}
 EPS = [0.0, 0.1, 0.2, 0.3]
@@ -18,29 +24,31 @@ REG = 'regularized (α=4, Th=0.2, by mnist)'
 
 
 def _curve(levels, rows, settings=None):
-  e = {'levels': levels, 'accuracy': rows}
+  e = {'kind': 'curve', 'levels': levels, 'accuracy': rows}
   if settings:
     e.update(settings=settings, num_images=100)
   return e
 
 
-def _record(workdir, alpha, seeds, attacks, boundary, corruptions, clean):
-  rec = {'workdir': str(workdir), 'dataset': 'mnist', 'seeds': seeds, 'alpha': alpha, 'threshold': 0.2,
-         'reg_dataset': 'mnist', 'num_images': 100, 'num_classes': 10, 'clean_accuracy': clean,
-         'checkpoint': {'checkpoint_epoch': 3, 'best_epoch': [3] * len(seeds), 'fallback_reason': None},
-         'attacks': attacks, 'boundary': boundary, 'corruptions': corruptions}
-  return {k: v for k, v in rec.items() if v is not None}
+def _record(workdir, alpha, seeds, curves, boundary, corruptions, clean):
+  """A record of the current format (evaluate writes it): identity at the top, every result in 'results'."""
+  results = dict(curves, boundary=boundary, corruptions=corruptions)
+  return {'format': 2, 'workdir': str(workdir), 'dataset': 'mnist', 'seeds': seeds, 'alpha': alpha, 'threshold': 0.2,
+          'reg_dataset': 'mnist', 'num_images': 100, 'num_classes': 10, 'clean_accuracy': clean,
+          'checkpoint': {'checkpoint_epoch': 3, 'best_epoch': [3] * len(seeds), 'fallback_reason': None},
+          'results': {k: v for k, v in results.items() if v is not None}}
 
 
 def _boundary(score, no_start, not_adversarial):
-  return {'protocol': 'release', 'steps': 50, 'repeats': 2, 'num_images': 50, 'bounds': [0.0, 1.0], 'score': score,
-          'median_per_repeat': [[s, s] for s in score], 'no_start': no_start, 'not_adversarial': not_adversarial,
+  return {'kind': 'boundary', 'protocol': 'release', 'steps': 50, 'repeats': 2, 'num_images': 50,
+          'bounds': [0.0, 1.0], 'score': score, 'median_per_repeat': [[s, s] for s in score], 'no_start': no_start,
+          'not_adversarial': not_adversarial,
           'successful': [[50 - a - b for a, b in zip(n, m)] for n, m in zip(no_start, not_adversarial)]}
 
 
 def _corruptions(shot, stripe):
-  return {'variant': 'mnist_c', 'num_images': 100, 'severities': {'shot_noise': [1, 2], 'stripe': [1]},
-          'accuracy': {'shot_noise': shot, 'stripe': stripe}}
+  return {'kind': 'corruptions', 'variant': 'mnist_c', 'num_images': 100,
+          'severities': {'shot_noise': [1, 2], 'stripe': [1]}, 'accuracy': {'shot_noise': shot, 'stripe': stripe}}
 
 
 def _records(tmp_path):
@@ -237,8 +245,9 @@ def test_undefined_score_is_null_and_stale_figures_go(written, tmp_path):
 
 
 def test_old_boundary_records_are_refused_in_one_line(tmp_path):
-  rec = _record(tmp_path / 'old', 0.0, [0], {}, {'steps': 50, 'median_distance': [0.01], 'failed_starts': [0]},
-                None, [0.9])
+  rec = {'workdir': str(tmp_path / 'old'), 'dataset': 'mnist', 'seeds': [0], 'alpha': 0.0, 'threshold': 0.2,
+         'reg_dataset': 'mnist', 'num_images': 100, 'clean_accuracy': [0.9], 'attacks': {},
+         'boundary': {'steps': 50, 'median_distance': [0.01], 'failed_starts': [0]}}
   with pytest.raises(errors.ReportError) as e:
     report.load_records(_write([rec]))
   assert 'median_distance' in str(e.value) and 'evaluate' in str(e.value) and '\n' not in str(e.value)
@@ -246,13 +255,26 @@ def test_old_boundary_records_are_refused_in_one_line(tmp_path):
 
 def test_runs_evaluated_differently_are_not_pooled(tmp_path):
   a, b = _records(tmp_path)[:2]
-  b['boundary']['protocol'] = 'strong'
+  b['results']['boundary']['protocol'] = 'strong'
   with pytest.raises(errors.ReportError, match='Boundary protocol'):
     report.aggregate(report.load_records(_write([a, b])))
-  b['boundary']['protocol'] = 'release'
-  b['attacks']['pgd_linf']['settings'] = dict(LINF, restarts=2)
+  b['results']['boundary']['protocol'] = 'release'
+  b['results']['pgd_linf']['settings'] = dict(LINF, restarts=2)
   with pytest.raises(errors.ReportError, match='settings of pgd_linf'):
     report.aggregate([a, b])
+  b['results']['pgd_linf'] = dict(a['results']['pgd_linf'], kind='boundary')
+  with pytest.raises(errors.ReportError, match='the kind of pgd_linf'):
+    report.aggregate([a, b])
+
+
+def test_unknown_kinds_and_newer_formats_are_one_line(tmp_path):
+  a = _records(tmp_path)[0]
+  a['results']['square'] = {'kind': 'query_curve', 'levels': [0.1], 'accuracy': [[0.5], [0.5]]}
+  with pytest.raises(errors.ReportError, match="kind 'query_curve', which this version does not know"):
+    report.aggregate([a])
+  with pytest.raises(errors.ReportError, match='record format 3') as e:
+    report.upgrade(dict(a, format=3), 'x/robustness.json')
+  assert '\n' not in str(e.value)
 
 
 def test_baseline_choice(tmp_path):
@@ -270,10 +292,84 @@ def test_baseline_choice(tmp_path):
 def test_bar_tick_labels_tell_models_with_the_same_first_word_apart():
   """The Boundary bars are labelled by each model's first word; two regularized models show their
   settings (not 'regularized 2' and 'regularized 3'), and numbers only where those agree too."""
-  _short_labels = report._short_labels  # pylint: disable=protected-access
-  assert _short_labels(['unregularized', 'regularized (α=4, Th=0.8, by fashion_mnist)',
+  assert short_labels(['unregularized', 'regularized (α=4, Th=0.8, by fashion_mnist)',
                         'regularized (α=1, Th=0.8, by fashion_mnist)']) \
       == ['unregularized', 'regularized\nα=4, Th=0.8', 'regularized\nα=1, Th=0.8']
-  assert _short_labels(['unregularized', 'regularized (α=4, Th=0.8, by mnist)']) == ['unregularized', 'regularized']
-  assert _short_labels(['regularized (α=4, Th=0.8, by a)', 'regularized (α=4, Th=0.8, by b)']) \
+  assert short_labels(['unregularized', 'regularized (α=4, Th=0.8, by mnist)']) == ['unregularized', 'regularized']
+  assert short_labels(['regularized (α=4, Th=0.8, by a)', 'regularized (α=4, Th=0.8, by b)']) \
       == ['regularized\nα=4, Th=0.8 1', 'regularized\nα=4, Th=0.8 2']
+
+
+# ---------------------------------------------------------------- records of the first format
+
+def test_a_first_format_record_is_upgraded_by_moving_its_results():
+  old = {'workdir': '/runs/a', 'dataset': 'mnist', 'seeds': [0], 'alpha': 0.0, 'num_images': 100, 'first_image': 0,
+         'attacks': {'gaussian': {'levels': [0.0, 0.5], 'accuracy': [[0.9, 0.5]]},
+                     'pgd_linf': {'levels': EPS, 'accuracy': [[0.9, 0.5, 0.2, 0.0]], 'settings': LINF,
+                                  'num_images': 50}},
+         'seconds': {'gaussian': 1.5, 'pgd_linf': 7.0, 'boundary': 3.0},
+         'boundary': {'protocol': 'release', 'steps': 50, 'repeats': 1, 'num_images': 20, 'score': [0.02]},
+         'corruptions': {'variant': 'mnist_c', 'num_images': 100, 'severities': {'stripe': [1]},
+                         'accuracy': {'stripe': [[0.7]]}},
+         'clean_accuracy': [0.9],
+         'gradient_masking_checks': [{'check': 'pgd_monotone[pgd_linf]', 'passed': True, 'detail': 'ok'}]}
+  assert report.upgrade(old) == {
+      'format': 2, 'upgraded_from': 1, 'workdir': '/runs/a', 'dataset': 'mnist', 'seeds': [0], 'alpha': 0.0,
+      'num_images': 100, 'first_image': 0, 'clean_accuracy': [0.9],
+      'results': {
+          'gaussian': {'kind': 'curve', 'levels': [0.0, 0.5], 'accuracy': [[0.9, 0.5]], 'seconds': 1.5},
+          'pgd_linf': {'kind': 'curve', 'levels': EPS, 'accuracy': [[0.9, 0.5, 0.2, 0.0]], 'settings': LINF,
+                       'num_images': 50, 'seconds': 7.0},
+          'boundary': {'kind': 'boundary', 'protocol': 'release', 'steps': 50, 'repeats': 1, 'num_images': 20,
+                       'score': [0.02], 'seconds': 3.0},
+          'corruptions': {'kind': 'corruptions', 'variant': 'mnist_c', 'num_images': 100,
+                          'severities': {'stripe': [1]}, 'accuracy': {'stripe': [[0.7]]}},
+          'gradient_masking_checks': {'kind': 'gradient_masking_checks', 'checks': [
+              {'check': 'pgd_monotone[pgd_linf]', 'passed': True, 'detail': 'ok'}]}}}
+  new = report.upgrade(old)
+  assert report.upgrade(new) is new                 # the current format is left alone
+
+
+COMMITTED = os.path.join(ROOT, 'docs', 'results', 'fashion_mnist')
+
+
+def test_the_committed_first_format_records_reproduce_the_committed_summary(tmp_path):
+  """docs/results/fashion_mnist: three models of 4 seeds, every attack, written by the report of the
+  first format. Copied into run directories, read (upgraded) and aggregated again, they give the
+  committed summary.json exactly and the committed robustness.md line by line."""
+  names = ['unregularized', 'regularized', 'regularized_a1_th0.8']
+  dirs = []
+  for name in names:
+    os.makedirs(tmp_path / name)
+    shutil.copy(os.path.join(COMMITTED, f'robustness_{name}.json'), tmp_path / name / 'robustness.json')
+    dirs.append(str(tmp_path / name))
+  records = report.load_records(dirs)
+  assert all(r['upgraded_from'] == 1 and 'attacks' not in r for r in records)
+  agg = report.aggregate(records)
+  assert json.loads(jsonio.dumps(agg)) == _strict_load(os.path.join(COMMITTED, 'summary.json'))
+  with open(os.path.join(COMMITTED, 'robustness.md')) as f:
+    assert report.markdown_report(agg, 'fashion_mnist, 4 seeds per model') == f.read()
+
+
+# ---------------------------------------------------------------- the grid
+
+def test_grid_selects_the_best_noise_score_within_the_accuracy_drop(tmp_path):
+  """α=0: clean 0.90; α=4: clean 0.89 (within 0.02), noise means 0.6, 0.7, 0.8 -> score 0.7;
+  α=10: clean 0.85 (too far below), score 0.9. The selection is α=4."""
+  def run(name, alpha, clean, means):
+    noise = ('gaussian', 'uniform', 'salt_pepper')
+    curves = {n: _curve([0.0, 1.0], [[m + 0.1, m - 0.1]]) for n, m in zip(noise, means)}
+    return _record(tmp_path / name, alpha, [0], curves, None, None, [clean])
+  dirs = _write([run('a0', 0.0, 0.9, [0.5, 0.5, 0.5]), run('a4', 4.0, 0.89, [0.6, 0.7, 0.8]),
+                 run('a10', 10.0, 0.85, [0.9, 0.9, 0.9])])
+  out = subprocess.run([sys.executable, '-m', 'pixelreg_jax.report', '--grid', f'--workdirs={",".join(dirs)}',
+                        f'--out={tmp_path}/grid'], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = json.loads(out.stdout)
+  assert line['selected']['workdir'] == str(tmp_path / 'a4') and line['selected']['score'] == pytest.approx(0.7)
+  g = _strict_load(tmp_path / 'grid' / 'grid.json')
+  assert [r['alpha'] for r in g['rows']] == [0.0, 4.0, 10.0] and g['baseline_clean_accuracy'] == pytest.approx(0.9)
+  md = (tmp_path / 'grid' / 'grid.md').read_text()
+  assert '| 4 | 0.2 | 0.890 | 0.600 | 0.700 | 0.800 | 0.700 | **selected** |' in md
+  assert '| 10 | 0.2 | 0.850 | 0.900 | 0.900 | 0.900 | 0.900 | clean acc. more than 2% below α=0 |' in md

@@ -1,22 +1,24 @@
 """Gradient-masking checks over accuracy curves (Athalye, Carlini & Wagner 2018; Carlini et al. 2019).
 
 Pure functions of robustness records (JSON-serialisable nested dicts of lists), not of models.
-The record is ``evaluate``'s ``robustness.json`` with white-box PGD entries added:
+The record is ``evaluate``'s ``robustness.json`` (docs/evaluation.md); the checks read its
+accuracy curves, the results of kind 'curve':
 
     {'clean_accuracy': [K],                 # one per seed
      'num_images': N,                       # optional: sets the one-image tolerance 1/N
      'num_classes': 10,                     # optional (default 10): chance = 1/num_classes
-     'attacks': {
-        'fgsm':    {'levels': [L], 'accuracy': [[L] × K]},     # transferred FGSM (attacks.levels)
-        'uniform': {'levels': [L], 'accuracy': [[L] × K]},     # x + ε·U(−1, 1): L∞ size ε
-        'pgd_linf': {'levels': [L], 'accuracy': [[L] × K],
+     'results': {
+        'fgsm':    {'kind': 'curve', 'levels': [L], 'accuracy': [[L] × K]},   # transferred FGSM
+        'uniform': {'kind': 'curve', 'levels': [L], 'accuracy': [[L] × K]},   # x + ε·U(−1, 1): L∞ size ε
+        'pgd_linf': {'kind': 'curve', 'levels': [L], 'accuracy': [[L] × K],
                      'settings': {'norm': 'linf', 'steps': 10, 'restarts': 1, 'rel_step_size': 2.5,
                                   'loss': 'ce', 'random_start': True}},     # PgdConfig.settings()
         'pgd_linf_steps40': {..., 'settings': {..., 'steps': 40}},
         'pgd_linf_steps40_restarts5': {..., 'settings': {..., 'steps': 40, 'restarts': 5}},
-        'pgd_l2': {..., 'settings': {'norm': 'l2', ...}}}}
+        'pgd_l2': {..., 'settings': {'norm': 'l2', ...}},
+        ...}}                                 # results of other kinds are ignored
 
-An attack is white-box PGD when its entry has ``settings`` with a ``norm`` (``whitebox.PgdConfig``);
+A curve is white-box PGD when it has ``settings`` with a ``norm`` (``whitebox.PgdConfig``);
 accuracies are fractions in [0, 1]; levels increase; every attack has the same K seeds.
 
 ``gradient_masking_checks(record)`` returns ``[{'check', 'passed', 'detail'}]``, one entry per
@@ -62,9 +64,14 @@ def mean_sem(samples, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return mean, samples.std(axis=axis, ddof=1) / np.sqrt(n)
 
 
+def curves(record: Record) -> dict[str, dict]:
+  """The accuracy curves of ``record['results']`` (kind 'curve'), by name."""
+  return {name: r for name, r in record.get('results', {}).items() if r.get('kind') == 'curve'}
+
+
 def pgd_attacks(record: Record) -> dict[str, dict]:
-  """The white-box PGD entries of ``record['attacks']`` (those with ``settings['norm']``)."""
-  return {name: a for name, a in record.get('attacks', {}).items() if 'norm' in a.get('settings', {})}
+  """The white-box PGD curves of ``record`` (those with ``settings['norm']``)."""
+  return {name: a for name, a in curves(record).items() if 'norm' in a.get('settings', {})}
 
 
 def _curve(entry: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +125,7 @@ def _shared_levels(pgd: dict, other: dict) -> np.ndarray:
 
 
 def _compare_to(record: Record, check: str, name: str, pgd: dict, reference: str, z: float) -> Optional[dict]:
-  ref = record['attacks'].get(reference)
+  ref = curves(record).get(reference)
   if ref is None:
     return None
   levels = _shared_levels(pgd, ref)
@@ -186,12 +193,12 @@ def all_passed(checks: Sequence[dict]) -> bool:
 def _pooled(records: Union[Record, Sequence[Record]], attack: str) -> tuple[np.ndarray, np.ndarray]:
   """Levels and accuracy [K, L] of ``attack`` with the seeds of one or several records pooled."""
   records = [records] if isinstance(records, dict) else list(records)
-  curves = [_curve(r['attacks'][attack]) for r in records]
-  levels = curves[0][0]
-  for lv, _ in curves[1:]:
+  pooled = [_curve(curves(r)[attack]) for r in records]
+  levels = pooled[0][0]
+  for lv, _ in pooled[1:]:
     if lv.shape != levels.shape or not np.allclose(lv, levels):
       raise ValueError(f'{attack}: the records have different levels')
-  return levels, np.concatenate([acc for _, acc in curves])
+  return levels, np.concatenate([acc for _, acc in pooled])
 
 
 def compare_models(a: Union[Record, Sequence[Record]], b: Union[Record, Sequence[Record]],

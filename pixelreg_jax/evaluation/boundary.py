@@ -1,0 +1,121 @@
+"""The decision-based Boundary attack (``attacks.boundary``), result kind 'boundary'.
+
+``settings.boundary``: protocol 'release' (foolbox 3.3.4 as the release calls it; the default) or
+'strong'; ``images`` random test images (chosen by ``settings.seed``), ``repeats`` repeats of
+``steps`` steps; bounds = the whole test set's range. Per seed and repeat the median over the
+successfully attacked images of ‖δ‖²/D; a seed's score is the mean over repeats
+(``attacks.boundary.release_score``; NaN when a repeat had no success, as in the release).
+
+A result: ``{'kind': 'boundary', 'protocol', 'steps', 'repeats', 'num_images', 'bounds',
+'distance', 'score': [K], 'median_per_repeat': [K][R], 'no_start', 'not_adversarial',
+'successful': [K][R] image counts, 'seconds'}``. A model's runs pool by concatenating the seeds
+(same protocol, steps and repeats required); summary.json shows the mean ± SEM of the seeds'
+scores (undefined if a seed has none) and the excluded images summed over seeds and repeats.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pixelreg_jax import attacks as attacks_lib
+from pixelreg_jax import input_pipeline as pipe
+from pixelreg_jax.evaluation import registry
+from pixelreg_jax.evaluation.context import Context
+
+KIND = 'boundary'
+_COUNTS = ('no_start', 'not_adversarial', 'successful')
+
+
+def attack_config(ctx: Context) -> attacks_lib.BoundaryConfig:
+  b = ctx.settings.boundary
+  return attacks_lib.BoundaryConfig(protocol=b.protocol, steps=b.steps, init_tries=b.init_tries)
+
+
+def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
+  """The Boundary attack on every seed of ``images`` [N, H, W, C] (uint8): per repeat, the median over
+  successful images of ‖δ‖²/D; the score is the mean over repeats (``attacks.boundary.release_score``)."""
+  b, run, cfg = ctx.settings.boundary, ctx.run, attack_config(ctx)
+  (xb,), mb = pipe.pad_to_batches(b.batch, images)
+  lo, hi = ctx.bounds
+
+  @jax.jit
+  def attack(variables, k, x_u8):
+    x = run.model_input(x_u8)
+    logits_fn = run.logits_fn(variables)
+    predict = lambda z: jnp.argmax(logits_fn(z), -1)  # noqa: E731
+    out = attacks_lib.boundary_attack(predict, k, x, predict(x), cfg, bounds=(lo, hi))
+    return {k: out[k] for k in ('distance', 'success', 'no_start')}
+
+  real = mb.reshape(-1) > 0
+  per_seed = []
+  key = ctx.key_for('boundary')
+  for s in range(run.num_seeds):
+    v = run.seed_variables(s)
+    reps = []
+    for r in range(b.repeats):
+      outs = [jax.device_get(attack(v, jax.random.fold_in(jax.random.fold_in(key, r), i), xb[i]))
+              for i in range(xb.shape[0])]
+      reps.append({k: np.concatenate([o[k] for o in outs])[real] for k in outs[0]})
+    per_seed.append(attacks_lib.boundary.release_score(
+        np.stack([r['distance'] for r in reps]), np.stack([r['success'] for r in reps]),
+        np.stack([r['no_start'] for r in reps])))
+  return {'kind': KIND, 'protocol': cfg.protocol, 'steps': cfg.steps, 'repeats': b.repeats,
+          'num_images': int(len(images)), 'bounds': [float(lo), float(hi)],
+          'distance': '‖(x̃ − x)/(max − min)‖² / (H·W·C), median over successful images, mean over repeats',
+          **{k: [r[k] for r in per_seed] for k in ('score', 'median_per_repeat', *_COUNTS)}}
+
+
+@registry.evaluator('boundary')
+def evaluate_boundary(ctx: Context, record: dict, name: str) -> None:
+  t = time.time()
+  rng = np.random.default_rng(ctx.settings.seed)   # the release: random.sample of 1000 test images
+  pick = np.sort(rng.choice(len(ctx.images), min(ctx.settings.boundary.images, len(ctx.images)), replace=False))
+  b = boundary_eval(ctx, ctx.images[pick])
+  b['seconds'] = time.time() - t
+  record['results'][name] = b
+  ctx.log(f'boundary ({b["protocol"]} protocol, {b["num_images"]} images × {b["repeats"]} repeats × '
+          f'{b["steps"]} steps): score {", ".join(f"{s:.4g}" for s in b["score"])}; no start on '
+          f'{b["no_start"]} images per repeat, in {b["seconds"]:.1f}s')
+
+
+# -- the kind ------------------------------------------------------------------------------------
+
+
+def summary(name: str, result: dict) -> dict:
+  return {f'{name}_score': float(np.mean(result['score']))}
+
+
+def pool(label: str, name: str, results: list[dict]) -> dict:
+  """Per-seed lists concatenated; 'images_per_seed' [K] the images each seed was attacked on."""
+  out = {'kind': KIND, **{k: registry.agree(label, f'the Boundary {k}', [r.get(k) for r in results])
+                         for k in ('protocol', 'steps', 'repeats')}}
+  out['num_images'] = registry.one_or_all([r['num_images'] for r in results])
+  out['images_per_seed'] = [r['num_images'] for r in results for _ in r['score']]
+  for k in ('score', 'median_per_repeat', *_COUNTS):
+    if all(k in r for r in results):
+      out[k] = registry.seeds_concatenated(results, k)
+  return out
+
+
+def aggregate(name: str, model: registry.Model) -> None:
+  """``entry[name]``: mean ± SEM of the per-seed scores, and the excluded images summed over seeds
+  and repeats (``'attacked'`` = images × repeats × seeds)."""
+  b = model.pooled['results'][name]
+  scores = np.asarray(b['score'], np.float64)   # [K]
+  defined = np.isfinite(scores)
+  out = {k: b[k] for k in ('protocol', 'steps', 'repeats', 'num_images')}
+  out['score'] = registry.mean_sem(scores) if defined.all() else {'mean': None, 'sem': None}
+  out['score_per_seed'] = scores.tolist()
+  out['seeds_without_score'] = int((~defined).sum())
+  out['attacked'] = int(b['repeats'] * sum(b['images_per_seed']))
+  for k in _COUNTS:
+    if k in b:
+      per_seed = [int(np.sum(v)) for v in b[k]]   # each seed: [R] counts
+      out[k], out[f'{k}_per_seed'] = int(sum(per_seed)), per_seed
+  model.entry[name] = out
+
+
+registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool))
