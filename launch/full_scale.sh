@@ -6,7 +6,7 @@
 #   EPOCHS=2 SEEDS=2 TRAIN_SUBSET=2000 WIDTH=8 EVAL_IMAGES=500 BOUNDARY_IMAGES=50 bash launch/full_scale.sh
 #                                                   (a cut run: the outputs say so)
 #
-# The protocol (issue 14; docs/method.md §4-8):
+# The protocol (docs/method.md §4-8):
 #  1. one program trains the population SETTINGS × SEEDS: α=0, α=10/Th=0.8 (the paper's setting
 #     for other combinations), α=4/Th=0.8 (the reduced study's choice), 7 seeds each — ResNet18
 #     width 64 on all 60 000 training images (1 % validation), 28×28, 20 epochs with the lr ×0.3
@@ -24,7 +24,8 @@
 #      SEEDS (7), EPOCHS (20), TRAIN_SUBSET (0 = all), WIDTH (64), REG_IMAGES (5000), EVAL_IMAGES (0 = all),
 #      BOUNDARY_IMAGES (1000), BOUNDARY_REPEATS (5), BOUNDARY_STEPS (50), EXTRA_ATTACKS (""),
 #      DATA_DIR (imported datasets, e.g. /tmp/data on the GPU machine), EXTRA (more config overrides),
-#      NO_VENV=1 (use the python on PATH: the GPU machine, prepared by ../shared/gpu/prepare.sh).
+#      NO_VENV=1 (use the python on PATH, e.g. on a machine without network where the dependencies are
+#      installed from wheels, the data imported with import_data, and DATA_DIR set).
 if [ "${NO_VENV:-0}" = 1 ]; then
   set -euo pipefail
   cd "$(dirname "$0")/.."
