@@ -47,6 +47,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from pixelreg_jax import errors
 from pixelreg_jax.errors import CheckpointError
 
 # meta['format']: 2 = a CRC-32 of state and best in meta['checksums']; 3 = of meta itself too.
@@ -114,18 +115,13 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
 def _save_failure_reason(e: BaseException) -> str:
   """The operating system's reason behind a failed save (e.g. 'No space left on device'),
   found in the exception chain or in tensorstore's ``os_error_code``; else the first line."""
-  seen, chain = set(), []
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    chain.append(e)
-    e = e.__cause__ or e.__context__
-  for c in chain:
+  for c in errors.chain(e):
     if isinstance(c, OSError) and c.strerror:
       return c.strerror + (f': {c.filename}' if c.filename else '')
     m = re.search(r"os_error_code='?(\d+)", str(c))
     if m:
       return os.strerror(int(m.group(1)))
-  return _first_line(chain[0])
+  return _first_line(e)
 
 
 class _OtherThreadsHeld(io.TextIOBase):
@@ -169,10 +165,23 @@ class _OrbaxErrorsToDebug(std_logging.Filter):
 _ORBAX_ERRORS = _OrbaxErrorsToDebug()
 
 
+class _OrphanedWritesToDebug(std_logging.Filter):
+  """After a failed save, asyncio logs each of orbax's other failed writes as '… exception was
+  never retrieved' (with a traceback) when its task is collected, maybe at exit, on the main
+  thread: the failure is already reported, so these go to DEBUG."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if 'exception was never retrieved' not in record.getMessage():
+      return True
+    logging.debug('after a failed save: %s', record.getMessage().splitlines()[0])
+    return False
+
+
 @contextlib.contextmanager
 def _save_noise_held():
   """While a save runs: orbax's error records to DEBUG, other threads' stderr held back
-  (``_OtherThreadsHeld``); after a failure both stay in place for the rest of the process."""
+  (``_OtherThreadsHeld``); after a failure both stay in place for the rest of the process, and
+  asyncio's reports of the orphaned writes go to DEBUG too."""
   if isinstance(sys.stderr, _OtherThreadsHeld):   # a save failed before: everything stays in place
     yield
     return
@@ -183,6 +192,7 @@ def _save_noise_held():
     yield
   except BaseException:
     held.failed = True
+    std_logging.getLogger('asyncio').addFilter(_OrphanedWritesToDebug())
     raise
   logger.removeFilter(_ORBAX_ERRORS)
   sys.stderr = held.stream

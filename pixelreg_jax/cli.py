@@ -8,8 +8,10 @@
 (any ``errors.UserError``, or an ``OSError`` such as a full disk) and a
 usage error each print one line ``error: <message>`` on stderr and exit with status 2; Ctrl-C
 prints ``error: interrupted`` and exits with 130 (128 + SIGINT, as shells do), wherever it lands
-(one that Python drops inside a garbage-collector callback is delivered again) and without the
-interpreter's teardown, which an interrupted XLA compilation can crash. Anything else is a bug and
+(one that Python drops inside a garbage-collector callback, or that a library's bare ``except:``
+swallows, is delivered again; also in a process started with SIGINT ignored, as a script's
+background job is) and without the interpreter's teardown, which an interrupted XLA compilation
+can crash. Anything else is a bug and
 keeps its traceback. With ``--verbosity=1`` the traceback of a user error is logged too.
 
 Logging: progress goes through absl logging (``logging.info``) to stderr, so stdout carries only
@@ -26,18 +28,17 @@ import contextlib
 import logging as std_logging
 import os
 import re
-import signal
 import sys
-import threading
 from typing import Any, Callable
 
 from absl import app, flags, logging
 
+from pixelreg_jax import errors, interrupts
 from pixelreg_jax.errors import UserError
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = interrupts.EXIT_INTERRUPTED
 
 
 # The exception types printed as one line: every ``errors.UserError`` and the operating system's
@@ -75,7 +76,7 @@ def one_line_errors():
   try:
     yield
   except KeyboardInterrupt:
-    fail('interrupted (Ctrl-C)', EXIT_INTERRUPTED)
+    interrupts.interrupted()
   except Exception as e:  # pylint: disable=broad-except
     if not isinstance(e, USER_ERRORS):
       raise
@@ -91,7 +92,7 @@ def one_line_errors():
 def _config_override_error(e: BaseException, argv: list[str]) -> str | None:
   """A misspelt ``--config.a.b=v`` field: ml_collections raises KeyError/AttributeError chains
   whose innermost message is the unknown key, maybe with 'Did you mean "x"'."""
-  chain = _chain(e)
+  chain = errors.chain(e)
   if not all(isinstance(c, (KeyError, AttributeError)) for c in chain):
     return None
   key = str(chain[-1].args[0]) if chain[-1].args else ''
@@ -134,7 +135,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except KeyboardInterrupt:
-    fail('interrupted (Ctrl-C)', EXIT_INTERRUPTED)
+    interrupts.interrupted()
   except Exception as e:  # pylint: disable=broad-except
     fail(_flag_error(e, argv))
   return []   # not reached
@@ -157,23 +158,14 @@ def config_value(holder) -> Any:
 
 def _config_load_error(e: BaseException) -> str:
   """'No such file or directory' rather than ml_collections' multi-line list of attempts."""
-  text = ' '.join(f'{c}' for c in _chain(e))
+  text = ' '.join(f'{c}' for c in errors.chain(e))
   m = re.search(r"\[Errno \d+\] ([^:\]]+): '([^']*)'", text)
   return f"{m.group(2)}: {m.group(1)}" if m else one_line(describe_cause(e))
 
 
-def _chain(e: BaseException) -> list[BaseException]:
-  out, seen = [], set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    out.append(e)
-    e = e.__cause__ or e.__context__
-  return out
-
-
 def describe_cause(e: BaseException) -> str:
   """The innermost cause of an exception chain, as 'Type: message'."""
-  e = _chain(e)[-1]
+  e = errors.chain(e)[-1]
   return f'{type(e).__name__}: {e}'
 
 
@@ -222,70 +214,18 @@ def run(main: Callable[[list[str]], Any]) -> None:
       except app.UsageError as e:
         fail(str(e))
 
-  redeliver_lost_interrupts()
+  interrupts.catch_interrupts()
   try:
     try:
       app.run(wrapped, flags_parser=parse_flags)
     except KeyboardInterrupt:   # during start-up or shutdown, outside main
-      fail('interrupted (Ctrl-C)', EXIT_INTERRUPTED)
+      interrupts.interrupted()
   except SystemExit as e:
+    if e.code in (0, None) and interrupts.STATE.pending and not interrupts.STATE.delivered:
+      interrupts.report_interrupt()   # a Ctrl-C swallowed too close to the end to be delivered again
+      interrupts.exit_at_once(EXIT_INTERRUPTED)
     if e.code == EXIT_INTERRUPTED:
-      exit_at_once(EXIT_INTERRUPTED)
+      interrupts.exit_at_once(EXIT_INTERRUPTED)
     raise
-
-
-# ---------------------------------------------------------------------------------------
-# Ctrl-C, delivered once and exited cleanly.
-# ---------------------------------------------------------------------------------------
-
-def _interrupt_again(unraisable, previous_hook=None) -> None:
-  """``sys.unraisablehook``: a ``KeyboardInterrupt`` raised where Python can only print and drop
-  it (a garbage-collector callback such as JAX's ``_xla_gc_callback``, a ``__del__``, a weakref
-  callback) is not dropped: SIGINT is raised again, to be handled at the main thread's next
-  bytecode, until it lands where it propagates. Anything else goes to ``previous_hook``.
-
-  The signal is sent from a helper thread a moment later: sent from here, Python would run the
-  handler at once, inside this hook, where the exception is dropped again."""
-  if issubclass(unraisable.exc_type, KeyboardInterrupt):
-    try:
-      _sigint_soon()
-    except KeyboardInterrupt:   # a second Ctrl-C inside the hook
-      _sigint_soon()
-    return
-  (previous_hook or sys.__unraisablehook__)(unraisable)
-
-
-def _sigint_soon(delay_s: float = 0.05) -> None:
-  timer = threading.Timer(delay_s, os.kill, (os.getpid(), signal.SIGINT))
-  timer.daemon = True
-  timer.start()
-
-
-def redeliver_lost_interrupts() -> None:
-  """Installs ``_interrupt_again`` as ``sys.unraisablehook`` (once). Without it a Ctrl-C that
-  arrives while the garbage collector runs a callback is printed as "Exception ignored" and the
-  run goes on to the end as if never interrupted."""
-  hook = sys.unraisablehook
-  if getattr(hook, '_pixelreg_redeliver', False):
-    return
-  def redeliver(unraisable):
-    _interrupt_again(unraisable, hook)
-  redeliver._pixelreg_redeliver = True  # pylint: disable=protected-access
-  sys.unraisablehook = redeliver
-
-
-def exit_at_once(status: int) -> None:
-  """Flushes the standard streams and the logging handlers, then ends the process with
-  ``status`` without the interpreter's teardown.
-
-  Used after Ctrl-C, once every ``with``/``finally`` of the run (checkpoint writes, the workdir
-  lock) has completed: a ``KeyboardInterrupt`` raised inside JAX's lowering of a computation
-  leaves XLA/MLIR objects that crash the teardown (SIGSEGV, exit -11) after the one-line error.
-  """
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except (OSError, ValueError):
-      pass
-  std_logging.shutdown()
-  os._exit(status)  # pylint: disable=protected-access
+  finally:
+    interrupts.STATE.pending = False   # ended otherwise (a user error, a bug): nothing more to deliver

@@ -1,4 +1,5 @@
-"""Every error type of the package, in one leaf module that imports nothing.
+"""Every error type of the package (and ``chain``, an exception's causes), in one leaf module that
+imports nothing.
 
 A ``UserError`` is something the user can fix (a value, a file, a flag, the data); every entry
 point prints it as one line ``error: <message>`` and exits with status 2 (``cli.run``).
@@ -39,3 +40,13 @@ class TrainingError(UserError):
 class ReportError(UserError, ValueError):
   """Run directories that cannot be reported together (missing evaluation, duplicate runs, bad
   labels)."""
+
+
+def chain(e: BaseException | None) -> list[BaseException]:
+  """``e`` and the exceptions behind it (``__cause__``, else ``__context__``), outermost first."""
+  out, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    out.append(e)
+    e = e.__cause__ or e.__context__
+  return out
