@@ -9,11 +9,13 @@ softmax(w)-weighted combination S^model. Reports the Pearson and Spearman correl
 N(N−1)/2 pairs i < j, and the share of pairs whose sign agrees with the thresholded target,
 as JSON (``analysis.json``) and a hexbin figure (``analysis.png``) per tap.
 BatchNorm runs in inference mode by default (``--bn=train`` uses the N images' statistics).
-The matrices take memory quadratic in N (``memory_bytes``); N is capped at ``MAX_IMAGES``.
+The matrices take memory quadratic in N (``memory_bytes``); N is capped at ``MAX_IMAGES``. A
+population's root (several settings) is refused, naming its settings' run directories
+(``evaluation.workdirs.one_setting``). Both outputs are strict JSON (``jsonio``: a NaN
+correlation is null).
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -22,10 +24,11 @@ import numpy as np
 from absl import flags, logging
 from scipy import stats
 
-from pixelreg_jax import cli, rundir, similarity
+from pixelreg_jax import cli, jsonio, rundir, similarity
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax.errors import ConfigError
+from pixelreg_jax.evaluation import workdirs
 
 FLAGS = flags.FLAGS
 
@@ -103,6 +106,7 @@ def analyze(workdir: str, num_images: int = 500, bn: str = 'eval', log=None) -> 
   """The Fig. 1 statistics of every seed of a run (see the module docstring). Warnings (e.g.
   a corrupt newest checkpoint skipped) go to ``log`` if given, else to absl logging."""
   check_num_images(num_images)
+  alpha, th = workdirs.one_setting(workdir, rundir.load_config(workdir))
   run = rundir.load_run(workdir, log=log)
   c = run.config
   images, _ = data_lib.load_split(c.reg.dataset, c.reg.split, c.data_dir, download=c.download,
@@ -112,10 +116,9 @@ def analyze(workdir: str, num_images: int = 500, bn: str = 'eval', log=None) -> 
   from pixelreg_jax import input_pipeline as pipe  # pylint: disable=import-outside-toplevel
   x = pipe.model_input(jnp.asarray(images), size, c.model.channels)
   s_pixel = upper(np.asarray(similarity.pixel_similarity(x)))
-  th = c.reg.threshold
   target = upper(np.asarray(similarity.threshold_targets(similarity.pixel_similarity(x), th)))
   record = {'workdir': os.path.abspath(workdir), 'reg_dataset': c.reg.dataset, 'num_images': int(len(images)),
-            'num_pairs': int(len(s_pixel)), 'alpha': c.reg.alpha, 'threshold': th, 'bn': bn,
+            'num_pairs': int(len(s_pixel)), 'alpha': alpha, 'threshold': th, 'bn': bn,
             **run.checkpoint_record, 'seeds': []}
   samples = None
   for k, seed in enumerate(run.seeds):
@@ -165,8 +168,7 @@ def plot(record: dict, path: str) -> None:
 def write(record: dict, out: str) -> str:
   os.makedirs(out, exist_ok=True)
   plot(record, os.path.join(out, 'analysis.png'))
-  with open(os.path.join(out, 'analysis.json'), 'w') as f:
-    json.dump({k: v for k, v in record.items() if not k.startswith('_')}, f, indent=2)
+  jsonio.write(os.path.join(out, 'analysis.json'), {k: v for k, v in record.items() if not k.startswith('_')})
   return out
 
 
@@ -176,7 +178,7 @@ def main(argv):
   logging.info('combined S^model vs S^pixel: Pearson %.3f, Spearman %.3f (mean over %d seed(s))',
                record['combined_mean']['pearson'], record['combined_mean']['spearman'], len(record['seeds']))
   out = write(record, FLAGS.out or FLAGS.workdir)
-  print(json.dumps({'workdir': record['workdir'], 'num_pairs': record['num_pairs'],
+  print(jsonio.dumps({'workdir': record['workdir'], 'num_pairs': record['num_pairs'],
                     'combined': record['combined_mean'],
                     'per_tap_pearson': {n: float(np.mean([e['taps'][n]['pearson'] for e in record['seeds']]))
                                         for n in TAP_NAMES},

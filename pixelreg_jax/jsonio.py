@@ -52,3 +52,21 @@ def write(path: str, obj: Any) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def read_object(path: str, what: str, error: type[Exception] = ValueError, advice: str = '') -> dict:
+  """The JSON object in the file ``path``, which must hold ``what`` (e.g. 'a config').
+
+  Every file the package reads back whole (config.json, robustness.json) goes through here, so
+  each failure is one line of the caller's ``error`` type: ``<path> is unreadable (…)`` or
+  ``<path> holds a JSON list, not a config``, followed by ``advice`` (what to do about it).
+  """
+  tail = f'; {advice}' if advice else ''
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (OSError, ValueError) as e:   # ValueError: JSONDecodeError, UnicodeDecodeError
+    raise error(f'{path} is unreadable ({type(e).__name__}: {e}){tail}') from e
+  if not isinstance(obj, dict):
+    raise error(f'{path} holds a JSON {type(obj).__name__}, not {what}{tail}')
+  return obj

@@ -94,14 +94,37 @@ def lock(path: str, enabled: bool = True) -> Iterator[None]:
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise ConfigError(f'--workdir={path} is in use by another run ({_holder(lock_path)}); wait for it '
-                            'to finish, or use another --workdir') from None
+                          'to finish, or use another --workdir') from None
       raise ConfigError(f'--workdir={path}: cannot lock {lock_path} ({e.strerror}); the file system '
-                          'offers no locks') from e
+                        'offers no locks') from e
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'{os.getpid()} {socket.gethostname()}\n'.encode(), 0)
     yield
   finally:
     os.close(fd)   # Closing releases the lock (so does the process's death).
+
+
+def training_holder(path: str) -> Optional[str]:
+  """Who trains the run directory ``path`` now ('pid 12 on host'), or None when nobody does.
+
+  A non-blocking shared ``flock`` on ``<path>/.lock``, let go at once: it fails only while a
+  training holds ``lock``. It opens the file read-only and creates nothing (a read-only run
+  directory can be evaluated); without the file nobody ever trained there (e.g. a copied run).
+  """
+  lock_path = os.path.join(path, LOCK_NAME)
+  try:
+    fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+  except OSError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError as e:
+    # Would block: a training holds it. Anything else: a file system without locks, where no
+    # training can have run (``lock`` refuses it).
+    return _holder(lock_path) if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+  finally:
+    os.close(fd)
+  return None
 
 
 @dataclasses.dataclass
@@ -186,14 +209,7 @@ def read_config(workdir: str) -> Optional[dict]:
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     return None
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}); use a new --workdir') from e
-  if not isinstance(saved, dict):
-    raise ConfigError(f'{path} holds a JSON {type(saved).__name__}, not a config; use a new --workdir')
-  return saved
+  return jsonio.read_object(path, 'a config', ConfigError, 'use a new --workdir')
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -336,7 +336,8 @@ COMMITTED = os.path.join(ROOT, 'docs', 'results', 'fashion_mnist')
 def test_the_committed_first_format_records_reproduce_the_committed_summary(tmp_path):
   """docs/results/fashion_mnist: three models of 4 seeds, every attack, written by the report of the
   first format. Copied into run directories, read (upgraded) and aggregated again, they give the
-  committed summary.json exactly and the committed robustness.md line by line."""
+  committed summary.json exactly and the committed robustness.md line by line, with the dataset
+  each model's entry and the Models table name since (the committed files are from before)."""
   names = ['unregularized', 'regularized', 'regularized_a1_th0.8']
   dirs = []
   for name in names:
@@ -346,9 +347,23 @@ def test_the_committed_first_format_records_reproduce_the_committed_summary(tmp_
   records = report.load_records(dirs)
   assert all(r['upgraded_from'] == 1 and 'attacks' not in r for r in records)
   agg = report.aggregate(records)
-  assert json.loads(jsonio.dumps(agg)) == _strict_load(os.path.join(COMMITTED, 'summary.json'))
+  committed = _strict_load(os.path.join(COMMITTED, 'summary.json'))
+  assert json.loads(jsonio.dumps(agg)) == {label: dict(e, dataset='fashion_mnist') for label, e in committed.items()}
   with open(os.path.join(COMMITTED, 'robustness.md')) as f:
-    assert report.markdown_report(agg, 'fashion_mnist, 4 seeds per model') == f.read()
+    committed_md = f.read()
+  models = committed_md.split('## Models\n\n')[1].split('\n\n')[0]
+  assert report.markdown_report(agg, 'fashion_mnist, 4 seeds per model') == \
+      committed_md.replace(models, _with_dataset_column(models, 'fashion_mnist'))
+
+
+def _with_dataset_column(table, dataset):
+  """The Models table of a report from before its dataset column, with the column (second)."""
+  rows = []
+  for i, line in enumerate(table.splitlines()):
+    cells = line.split('|')   # ['', ' model ', ' runs ', …, '']
+    cells.insert(2, ' dataset ' if i == 0 else '---' if i == 1 else f' {dataset} ')
+    rows.append('|'.join(cells))
+  return '\n'.join(rows)
 
 
 # ---------------------------------------------------------------- the grid

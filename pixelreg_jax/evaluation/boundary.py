@@ -68,7 +68,7 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
           **{k: [r[k] for r in per_seed] for k in ('score', 'median_per_repeat', *_COUNTS)}}
 
 
-@registry.evaluator('boundary')
+@registry.evaluator('boundary', uses=('settings.boundary',))
 def evaluate_boundary(ctx: Context, record: dict, name: str) -> None:
   t = time.time()
   rng = np.random.default_rng(ctx.settings.seed)   # the release: random.sample of 1000 test images
@@ -100,6 +100,15 @@ def pool(label: str, name: str, results: list[dict]) -> dict:
   return out
 
 
+def check_result(where: str, result: dict, seeds: int) -> None:
+  """Protocol, steps, repeats, images; the score [K] (null: undefined) and the per-repeat lists [K][R]."""
+  registry.check_fields(result, where, protocol=str, steps=int, repeats=int, num_images=int)
+  registry.check_array(result.get('score'), (seeds,), f'{where}.score', allow_none=True)
+  for k in ('median_per_repeat', *_COUNTS):
+    if k in result:
+      registry.check_array(result[k], (seeds, result['repeats']), f'{where}.{k}', allow_none=k == 'median_per_repeat')
+
+
 def aggregate(name: str, model: registry.Model) -> None:
   """``entry[name]``: mean ± SEM of the per-seed scores, and the excluded images summed over seeds
   and repeats (``'attacked'`` = images × repeats × seeds)."""
@@ -118,4 +127,4 @@ def aggregate(name: str, model: registry.Model) -> None:
   model.entry[name] = out
 
 
-registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool))
+registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool, check=check_result))

@@ -36,7 +36,7 @@ def check(settings: ml_collections.ConfigDict, config: ml_collections.ConfigDict
       raise ConfigError(f'eval.corruptions.names: {e}') from None
 
 
-@registry.evaluator('corruptions', check=check)
+@registry.evaluator('corruptions', check=check, uses=('settings.corruptions',))
 def evaluate_corruptions(ctx: Context, record: dict, name: str) -> None:
   variant = corruptions_lib.FAMILY_VARIANT[ctx.run.family]
   images, labels = ctx.subset(ctx.settings.corruptions.images)
@@ -74,6 +74,14 @@ def pool(label: str, name: str, results: list[dict]) -> dict:
           'accuracy': {c: [row for r in results for row in r['accuracy'][c]] for c in names}}
 
 
+def check_result(where: str, result: dict, seeds: int) -> None:
+  """The variant, the image count, and per corruption its severities [S] and accuracy [K][S]."""
+  registry.check_fields(result, where, variant=str, num_images=int, severities=dict, accuracy=dict)
+  for c, acc in result['accuracy'].items():
+    registry.check_array(result['severities'].get(c), (None,), f'{where}.severities.{c}')
+    registry.check_array(acc, (seeds, len(result['severities'][c])), f'{where}.accuracy.{c}')
+
+
 def aggregate(name: str, model: registry.Model) -> None:
   """``entry[name]``: per corruption the mean over severities per seed, then mean ± SEM over seeds
   (and per severity); 'mean_accuracy' over the corruptions."""
@@ -109,4 +117,5 @@ def compare(name: str, model: registry.Model, baseline: registry.Model) -> None:
   model.entry[name]['errors'] = out
 
 
-registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool, compare=compare))
+registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool, compare=compare,
+                                     check=check_result))

@@ -58,7 +58,12 @@ def _add(ctx: Context, record: dict, name: str, levels, acc: np.ndarray, t: floa
   log_curve(ctx, name, acc, seconds)
 
 
-@registry.evaluator(*attacks_lib.LEVEL_ATTACKS)
+SOURCE = ('settings.source_seed_index', 'source_workdir', 'source_checkpoint')   # what a transferred attack uses
+PGD = ('settings.pgd',)
+
+
+@registry.evaluator(*[a for a, attack in attacks_lib.LEVEL_ATTACKS.items() if not attack.needs_source])
+@registry.evaluator(*[a for a, attack in attacks_lib.LEVEL_ATTACKS.items() if attack.needs_source], uses=SOURCE)
 def evaluate_levels(ctx: Context, record: dict, name: str) -> None:
   if attacks_lib.LEVEL_ATTACKS[name].needs_source and ctx.source is None:
     ctx.log(f'{name} skipped: it needs --source_workdir (an unregularized run to transfer from)')
@@ -91,12 +96,12 @@ def _evaluate_pgd(ctx: Context, record: dict, cfg: whitebox.PgdConfig) -> None:
        num_images=len(ctx.subset(ctx.settings.pgd.images)[0]))
 
 
-@registry.evaluator(*whitebox.PGD_VARIANTS)
+@registry.evaluator(*whitebox.PGD_VARIANTS, uses=PGD)
 def evaluate_pgd(ctx: Context, record: dict, name: str) -> None:
   _evaluate_pgd(ctx, record, whitebox.PGD_VARIANTS[name])
 
 
-@registry.evaluator('pgd')
+@registry.evaluator('pgd', uses=PGD)
 def evaluate_all_pgd(ctx: Context, record: dict, name: str) -> None:
   del name
   for cfg in whitebox.PGD_VARIANTS.values():
@@ -122,6 +127,16 @@ def pool(label: str, name: str, results: list[dict]) -> dict:
   return out
 
 
+def check_result(where: str, result: dict, seeds: int) -> None:
+  """Levels [L], accuracy [K][L]; PGD's settings a dict (with its norm, an int of steps)."""
+  registry.check_array(result.get('levels'), (None,), f'{where}.levels')
+  registry.check_array(result.get('accuracy'), (seeds, len(result['levels'])), f'{where}.accuracy')
+  if 'settings' in result:
+    registry.check_fields(result, where, settings=dict)
+    if 'norm' in result['settings']:
+      registry.check_fields(result['settings'], f'{where}.settings', norm=str, steps=int)
+
+
 def aggregate(name: str, model: registry.Model) -> None:
   """``entry['attacks'][name]``: {'levels' [L], 'mean' [L], 'sem' [L], 'settings'? (PGD), 'num_images'?}."""
   c = model.pooled['results'][name]
@@ -130,4 +145,4 @@ def aggregate(name: str, model: registry.Model) -> None:
       **{k: c[k] for k in ('settings', 'num_images') if k in c}}
 
 
-registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool))
+registry.register_kind(registry.Kind(KIND, summary=summary, aggregate=aggregate, pool=pool, check=check_result))

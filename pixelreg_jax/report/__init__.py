@@ -25,9 +25,11 @@ pools and what summary.json holds: docs/evaluation.md.
 Against the baseline (``--baseline``; default: the only model whose runs all have α = 0): every
 other model's white-box comparison, and for every model the corruption errors (CE, mCE). A run is
 counted once: a workdir listed twice (by any path spelling) is read once, with a warning; two
-different workdirs holding the same run (same seeds and config, e.g. a copy) are refused. Runs
-pooled into one model must have been evaluated alike (same levels, PGD settings, Boundary
-protocol, corruption set), else the report says which differ.
+different workdirs holding the same run (same seeds and config, e.g. a copy; without config.json
+the same numbers) are refused. Runs pooled into one model must differ in their seeds alone (their
+config.json, else their records' dataset, α, Th) and have been evaluated alike (same levels, PGD
+settings, Boundary protocol, corruption set), else the report says which differ. A record that is
+not one (``[]``, a result of the wrong shape) is one line. Every title names the dataset.
 
 Importing the package loads no JAX: the result kinds are imported once the records were read.
 """

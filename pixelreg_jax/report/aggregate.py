@@ -1,7 +1,8 @@
 """Pooling the runs of each model and the aggregate (summary.json): one entry per model.
 
 Runs are grouped into models by their labels (default: from the regularization settings); every
-seed of every run of a model is one sample. What a result of each kind pools into, and what its
+seed of every run of a model is one sample, so a model's runs must differ in their seeds alone
+(``records.check_poolable``). What a result of each kind pools into, and what its
 model entry shows, is the kind's (``evaluation.registry.KINDS``): this module only loops over the
 results. The kinds are imported when first needed: they import JAX, which the report's command line
 loads only once its inputs were read.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from pixelreg_jax.errors import ReportError
-from pixelreg_jax.report.records import default_label
+from pixelreg_jax.report.records import check_poolable, default_label
 
 
 def _registry():
@@ -29,12 +30,15 @@ def pooled_record(records: Sequence[dict], label: str = 'model') -> dict:
   ``attacks.masking``), 'num_classes' shared. K = the model's seeds.
 
   Raises:
-    ReportError: the runs were evaluated differently (levels, PGD settings, Boundary protocol,
-      steps or repeats, corruption variant or severities, number of classes, kinds).
+    ReportError: the runs are not one model but for their seeds (``records.check_poolable``), or
+      were evaluated differently (levels, PGD settings, Boundary protocol, steps or repeats,
+      corruption variant or severities, number of classes, kinds).
   """
   registry = _registry()
   rs = list(records)
-  pooled = {'workdir': [r['workdir'] for r in rs], 'alpha': registry.one_or_all([r['alpha'] for r in rs]),
+  check_poolable(label, rs)
+  pooled = {'workdir': [r['workdir'] for r in rs], 'dataset': rs[0].get('dataset'),
+            'alpha': registry.one_or_all([r['alpha'] for r in rs]),
             'seeds': [s for r in rs for s in r['seeds']],
             'num_images': min((r['num_images'] for r in rs if r.get('num_images')), default=None),
             'num_classes': registry.agree(label, 'num_classes', [r.get('num_classes', 10) for r in rs])}
@@ -47,18 +51,14 @@ def pooled_record(records: Sequence[dict], label: str = 'model') -> dict:
     kind = registry.kind_of(results[0], f'{rs[0]["workdir"]}: {name}')
     if kind.pool is not None:
       pooled['results'][name] = kind.pool(label, name, results)
-  for kind in registry.KINDS.values():
-    result = kind.derive(pooled) if kind.derive else None
-    if result is not None:
-      pooled['results'][kind.name] = result
-  return pooled
+  return registry.add_derived(pooled)
 
 
 def _model(records: Sequence[dict], label: str):
   """The ``registry.Model`` of one model's runs, its entry filled by the kinds' ``aggregate``."""
   registry = _registry()
   p = pooled_record(records, label)
-  entry = {'n': len(p['seeds']), 'workdirs': p['workdir'], 'alpha': p['alpha']}
+  entry = {'n': len(p['seeds']), 'workdirs': p['workdir'], 'dataset': p['dataset'], 'alpha': p['alpha']}
   if 'clean_accuracy' in p:
     entry['clean_accuracy'] = registry.mean_sem(p['clean_accuracy'])
   checkpoints = [dict(r['checkpoint'], workdir=r['workdir']) for r in records if r.get('checkpoint')]
@@ -90,7 +90,7 @@ def aggregate(records: Sequence[dict], labels: Optional[Sequence[str]] = None,
   """One entry per model (runs with equal labels pooled; default labels from the settings).
 
   Returns {label: {
-      'n': seeds, 'workdirs': [...], 'alpha': α (or the runs' list if they differ),
+      'n': seeds, 'workdirs': [...], 'dataset': the dataset, 'alpha': α,
       'clean_accuracy': {'mean', 'sem'}, 'checkpoints': [each run's evaluated checkpoint],
       'attacks': {name: {'levels' [L], 'mean' [L], 'sem' [L], 'settings'? (PGD), 'num_images'?}},
       'boundary': {'protocol', 'steps', 'repeats', 'num_images', 'score': {'mean', 'sem'},

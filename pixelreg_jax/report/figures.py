@@ -5,13 +5,14 @@
   robustness_whitebox.png     white-box PGD: a panel per variant, a row per norm
   robustness_corruptions.png  accuracy per corruption, mean over severities (grouped bars)
 
-Each ``plot*`` returns False (and writes nothing) when no model has its results. matplotlib is
-imported when the first figure is drawn.
+Each ``plot*`` returns False (and writes nothing) when no model has its results. Every title names
+the dataset(s) (``titled``). matplotlib is imported when the first figure is drawn.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,17 @@ import numpy as np
 ATTACK_TITLES = {'gaussian': 'Gaussian noise σ', 'uniform': 'Uniform noise ε', 'salt_pepper': 'Salt & pepper p',
                  'fgsm': 'Transferred FGSM ε'}
 NORM_NAMES = {'linf': 'L∞', 'l2': 'L2'}
+
+
+def titled(title: Optional[str], agg: dict) -> str:
+  """``title`` naming the dataset of every model: as it is when it names them all (as words:
+  'mnist' is not named by 'fashion_mnist'), else with the others added in parentheses; without a
+  title, the datasets."""
+  names = sorted({str(e.get('dataset') or 'unknown dataset') for e in agg.values()})
+  if not title:
+    return ' / '.join(names)
+  missing = [n for n in names if not re.search(rf'(?<!\w){re.escape(n)}(?!\w)', title)]
+  return f'{title} ({", ".join(missing)})' if missing else title
 
 
 def _pyplot():
@@ -176,7 +188,7 @@ def plot(agg: dict, path: str, title: Optional[str] = None) -> bool:
     _curve_panel(ax, agg, name, colors, attack_title(name, a))
   if has_boundary:
     _boundary_panel(axes[0][-1], agg, colors)
-  _save(fig, axes[0], path, title)
+  _save(fig, axes[0], path, titled(title, agg))
   plt.close(fig)
   return True
 
@@ -200,7 +212,7 @@ def plot_whitebox(agg: dict, path: str, title: Optional[str] = None) -> bool:
     for ax in row[len(items):]:
       ax.axis('off')
   heading = 'White-box PGD: accuracy vs ε, mean ± SEM over seeds'
-  _save(fig, axes.ravel(), path, f'{title}: {heading}' if title else heading)
+  _save(fig, axes.ravel(), path, f'{titled(title, agg)}: {heading}')
   plt.close(fig)
   return True
 
@@ -236,7 +248,7 @@ def plot_corruptions(agg: dict, path: str, title: Optional[str] = None) -> bool:
   variants = {c['variant'] for _, c in models}
   images = {str(c['num_images']) for _, c in models}
   heading = f'{" / ".join(sorted(variants))}, {" / ".join(sorted(images))} images: accuracy, mean ± SEM over seeds'
-  _save(fig, [ax], path, f'{title}: {heading}' if title else heading, ncol=2)
+  _save(fig, [ax], path, f'{titled(title, agg)}: {heading}', ncol=2)
   plt.close(fig)
   return True
 

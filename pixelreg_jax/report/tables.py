@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-from pixelreg_jax.report.figures import attack_order, attack_title
+from pixelreg_jax.report.figures import attack_order, attack_title, titled
 
 
 def _pm(cell: Optional[dict], fmt: str = '.3f', sem_fmt: Optional[str] = None) -> str:
@@ -34,11 +34,12 @@ def _models_section(agg: dict) -> list[str]:
   rows = []
   for label, e in agg.items():
     epochs = [f'{c.get("checkpoint_epoch")}' + (' (fallback)' if c.get('fallback_reason') else '')
-              for c in e.get('checkpoints', [])]
+              + (f' (unfinished: {c["unfinished"]})' if c.get('unfinished') else '') for c in e.get('checkpoints', [])]
     alpha = e['alpha'] if isinstance(e['alpha'], list) else f'{e["alpha"]:g}'
-    rows.append([label + (' (baseline)' if e.get('is_baseline') else ''), len(e['workdirs']), e['n'], alpha,
-                 _pm(e.get('clean_accuracy')), ', '.join(epochs) or '–'])
-  lines = ['## Models', ''] + _table(['model', 'runs', 'n (seeds)', 'α', 'clean accuracy', 'checkpoint epoch'], rows)
+    rows.append([label + (' (baseline)' if e.get('is_baseline') else ''), e.get('dataset') or '?', len(e['workdirs']),
+                 e['n'], alpha, _pm(e.get('clean_accuracy')), ', '.join(epochs) or '–'])
+  lines = ['## Models', ''] + _table(['model', 'dataset', 'runs', 'n (seeds)', 'α', 'clean accuracy',
+                                      'checkpoint epoch'], rows)
   base = [label for label, e in agg.items() if e.get('is_baseline')]
   if base:
     lines.append(f'Mean ± SEM over the n seeds of each model. Baseline of the comparisons (mCE, white-box): '
@@ -162,8 +163,8 @@ def _corruption_section(agg: dict) -> list[str]:
 def markdown_report(agg: dict, title: Optional[str] = None) -> str:
   """robustness.md. Sections (each only with its results):
 
-    # <title>
-    ## Models                 model | runs | n | α | clean accuracy | checkpoint epoch; the baseline
+    # <title>                (naming the dataset(s): ``figures.titled``)
+    ## Models                 model | dataset | runs | n | α | clean accuracy | checkpoint epoch; the baseline
     ## Paper attacks          a table per noise attack / transferred FGSM (model × level), then the
                               Boundary table (score, protocol, steps, images × repeats, no start,
                               not adversarial)
@@ -173,7 +174,7 @@ def markdown_report(agg: dict, title: Optional[str] = None) -> str:
     ## Common corruptions     corruption | severities | accuracy per model, a mean row; the CE per
                               corruption, mCE and relative mCE per model against the baseline
   """
-  lines = [f'# {title or "Robustness report"}', ''] + _models_section(agg)
+  lines = [f'# {titled(title or "Robustness report", agg)}', ''] + _models_section(agg)
   paper = _curve_tables(agg, attack_order(agg, pgd=False)) + _boundary_section(agg)
   if paper:
     lines += ['## Paper attacks (robustness.png)', ''] + paper
