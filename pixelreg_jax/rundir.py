@@ -127,6 +127,162 @@ def training_holder(path: str) -> Optional[str]:
   return None
 
 
+# ---------------------------------------------------------------------------------------
+# config.json: written before training, checked on resume.
+# ---------------------------------------------------------------------------------------
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON data (what config.json and every checkpoint hold)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """``saved`` with the fields it lacks (added to the schema after it was written) at their
+  defaults."""
+  out = dict(defaults)
+  for k, v in saved.items():
+    out[k] = _with_defaults(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+  return out
+
+
+def read_config(workdir: str) -> Optional[dict]:
+  """The run's config.json as a dict, or None when there is none.
+
+  Raises:
+    ConfigError: it is unreadable or not a JSON object.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return None
+  return jsonio.read_object(path, 'a config', ConfigError, 'use a new --workdir')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config.json, with the fields added since it was written at their defaults.
+
+  Raises:
+    CheckpointError: ``workdir`` has no config.json (it is not a run directory).
+    ConfigError: config.json is unreadable.
+  """
+  saved = read_config(workdir)
+  if saved is None:
+    raise CheckpointError(f'{workdir} is not a run directory (no config.json); '
+                          'train one with python -m pixelreg_jax.main --workdir=...')
+  return ml_collections.ConfigDict(_with_defaults(saved, config_dict(config_lib.base_config())))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """``<workdir>/config.json``."""
+  jsonio.write(os.path.join(workdir, 'config.json'), config_dict(config))
+
+
+# Config fields that do not change the trained model: bookkeeping, where the data is read from,
+# and how (not what) the step computes (the fused and the three-pass step, vmapped and looped
+# members give equal results: tests/test_fused.py, tests/test_parallel.py). Two run directories
+# that differ only in these hold the same model (report counts them once), and a run resumes
+# across a change of them.
+NOT_THE_MODEL = ('data_dir', 'download', 'tfds_manual_dir', 'log_every_steps', 'tensorboard', 'eval_batch_size',
+                 'fused_pass', 'seed_parallelism', 'checkpoint.keep')
+
+
+def model_fields(config: dict) -> dict:
+  """The flattened config (``'reg.alpha'``-style keys, missing fields at their defaults) without
+  the ``NOT_THE_MODEL`` fields: what makes two runs with the same seeds the same model."""
+  flat = traverse_util.flatten_dict(_with_defaults(config, config_dict(config_lib.base_config())), sep='.')
+  return {k: v for k, v in flat.items() if k not in NOT_THE_MODEL}
+
+
+def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises ConfigError unless ``saved`` (a config as a dict) and ``config`` train the same
+  model: every field outside ``NOT_THE_MODEL`` agrees, except ``num_epochs`` (a run may train on).
+  A field the saved config did not have yet counts as its default. ``where`` names the run."""
+  old, new = model_fields(saved), model_fields(config_dict(config))
+  diff = [k for k in sorted(set(old) | set(new)) if k != 'num_epochs' and old.get(k) != new.get(k)]
+  if diff:
+    k = diff[0]
+    raise ConfigError(
+        f'{where} holds a run with a different config ({k}: {old.get(k)!r} there, {new.get(k)!r} now'
+        f'{f" and {len(diff) - 1} more" if len(diff) > 1 else ""}); use a new --workdir to start a new run')
+
+
+def trained_epochs(workdir: str) -> int:
+  """How many epochs the newest checkpoint of ``workdir`` holds (0 when it has none)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = [int(name) for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(directory) else []
+  return max(steps) + 1 if steps else 0
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume ``workdir`` with another configuration than its config.json's
+  (``check_same_run``), or with fewer epochs than its checkpoints already hold. A directory
+  without checkpoints (nothing trained yet) takes any config.
+
+  Raises:
+    ConfigError: the configs differ, or ``config.num_epochs`` is below the epochs trained.
+  """
+  done = trained_epochs(workdir)
+  if not done:
+    return
+  saved = read_config(workdir)
+  if saved is not None:
+    check_same_run(saved, config, workdir)
+  if done > config.num_epochs:
+    raise ConfigError(f'{workdir} holds a run trained for {done} epochs, more than config.num_epochs='
+                      f'{config.num_epochs}; use --config.num_epochs={done} or more, or a new --workdir')
+
+
+# ---------------------------------------------------------------------------------------
+# metrics.jsonl.
+# ---------------------------------------------------------------------------------------
+
+
+class MetricsWriter:
+  """``metrics.jsonl``: one strict-JSON object per epoch (NaN/inf written as null) and a final one.
+
+  On resume after epoch E the records of later epochs (written before a kill) and earlier final
+  records are dropped first, so the file never holds an epoch twice.
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = False, resume_after_epoch: int = 0):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.isfile(self.path):
+      self._truncate(resume_after_epoch)
+    self._tb = None
+    if tensorboard:
+      from flax.metrics import tensorboard as tb  # Imports TF; only when asked for.
+      self._tb = tb.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def _truncate(self, epochs: int) -> None:
+    keep = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue   # a line cut by a kill
+        if not record.get('final') and record.get('epoch', 0) <= epochs:
+          keep.append(json.dumps(record))
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(''.join(line + '\n' for line in keep))
+    os.replace(tmp, self.path)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, 'a') as f:
+      f.write(jsonio.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and k != 'step' and math.isfinite(v):
+          self._tb.scalar(k, v, record.get('step', 0))
+      self._tb.flush()
+
+
+# ---------------------------------------------------------------------------------------
+# A finished run, read back for evaluation.
+# ---------------------------------------------------------------------------------------
+
+
 @dataclasses.dataclass
 class Run:
   """What ``load_run`` returns.
@@ -186,99 +342,6 @@ class Run:
     return jax.tree.map(lambda v: v[k], self.variables)
 
 
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON data (what config.json and every checkpoint hold)."""
-  return json.loads(config.to_json_best_effort())
-
-
-def _with_defaults(saved: dict, defaults: dict) -> dict:
-  """``saved`` with the fields it lacks (added to the schema after it was written) at their
-  defaults."""
-  out = dict(defaults)
-  for k, v in saved.items():
-    out[k] = _with_defaults(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
-  return out
-
-
-def read_config(workdir: str) -> Optional[dict]:
-  """The run's config.json as a dict, or None when there is none.
-
-  Raises:
-    ConfigError: it is unreadable or not a JSON object.
-  """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    return None
-  return jsonio.read_object(path, 'a config', ConfigError, 'use a new --workdir')
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config.json, with the fields added since it was written at their defaults.
-
-  Raises:
-    CheckpointError: ``workdir`` has no config.json (it is not a run directory).
-    ConfigError: config.json is unreadable.
-  """
-  saved = read_config(workdir)
-  if saved is None:
-    raise CheckpointError(f'{workdir} is not a run directory (no config.json); '
-                          'train one with python -m pixelreg_jax.main --workdir=...')
-  return ml_collections.ConfigDict(_with_defaults(saved, config_dict(config_lib.base_config())))
-
-
-# Config fields that do not change the trained model: bookkeeping, where the data is read from,
-# and how (not what) the step computes (the fused and the three-pass step, vmapped and looped
-# members give equal results: tests/test_fused.py, tests/test_parallel.py). Two run directories
-# that differ only in these hold the same model (report counts them once), and a run resumes
-# across a change of them.
-NOT_THE_MODEL = ('data_dir', 'download', 'tfds_manual_dir', 'log_every_steps', 'tensorboard', 'eval_batch_size',
-                 'fused_pass', 'seed_parallelism', 'checkpoint.keep')
-
-
-def model_fields(config: dict) -> dict:
-  """The flattened config (``'reg.alpha'``-style keys, missing fields at their defaults) without
-  the ``NOT_THE_MODEL`` fields: what makes two runs with the same seeds the same model."""
-  flat = traverse_util.flatten_dict(_with_defaults(config, config_dict(config_lib.base_config())), sep='.')
-  return {k: v for k, v in flat.items() if k not in NOT_THE_MODEL}
-
-
-def check_same_run(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
-  """Raises ConfigError unless ``saved`` (a config as a dict) and ``config`` train the same
-  model: every field outside ``NOT_THE_MODEL`` agrees, except ``num_epochs`` (a run may train on).
-  A field the saved config did not have yet counts as its default. ``where`` names the run."""
-  old, new = model_fields(saved), model_fields(config_dict(config))
-  diff = [k for k in sorted(set(old) | set(new)) if k != 'num_epochs' and old.get(k) != new.get(k)]
-  if diff:
-    k = diff[0]
-    raise ConfigError(
-        f'{where} holds a run with a different config ({k}: {old.get(k)!r} there, {new.get(k)!r} now'
-        f'{f" and {len(diff) - 1} more" if len(diff) > 1 else ""}); use a new --workdir to start a new run')
-
-
-def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume ``workdir`` with another configuration than its config.json's
-  (``check_same_run``), or with fewer epochs than its checkpoints already hold. A directory
-  without checkpoints (nothing trained yet) takes any config.
-
-  Raises:
-    ConfigError: the configs differ, or ``config.num_epochs`` is below the epochs trained.
-  """
-  done = trained_epochs(workdir)
-  if not done:
-    return
-  saved = read_config(workdir)
-  if saved is not None:
-    check_same_run(saved, config, workdir)
-  if done > config.num_epochs:
-    raise ConfigError(f'{workdir} holds a run trained for {done} epochs, more than config.num_epochs='
-                      f'{config.num_epochs}; use --config.num_epochs={done} or more, or a new --workdir')
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """``<workdir>/config.json``."""
-  jsonio.write(os.path.join(workdir, 'config.json'), config_dict(config))
-
-
 def load_run(workdir: str, log: Optional[Callable[[str], None]] = None) -> Run:
   """Restores the best variables of every seed of a run directory (read-only, verified).
 
@@ -301,45 +364,9 @@ def load_run(workdir: str, log: Optional[Callable[[str], None]] = None) -> Run:
              fallback_reason=restored.fallback_reason)
 
 
-class MetricsWriter:
-  """``metrics.jsonl``: one strict-JSON object per epoch (NaN/inf written as null) and a final one.
-
-  On resume after epoch E the records of later epochs (written before a kill) and earlier final
-  records are dropped first, so the file never holds an epoch twice.
-  """
-
-  def __init__(self, workdir: str, tensorboard: bool = False, resume_after_epoch: int = 0):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    if os.path.isfile(self.path):
-      self._truncate(resume_after_epoch)
-    self._tb = None
-    if tensorboard:
-      from flax.metrics import tensorboard as tb  # Imports TF; only when asked for.
-      self._tb = tb.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-
-  def _truncate(self, epochs: int) -> None:
-    keep = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue   # a line cut by a kill
-        if not record.get('final') and record.get('epoch', 0) <= epochs:
-          keep.append(json.dumps(record))
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.write(''.join(line + '\n' for line in keep))
-    os.replace(tmp, self.path)
-
-  def write(self, record: dict) -> None:
-    with open(self.path, 'a') as f:
-      f.write(jsonio.dumps(record) + '\n')
-    if self._tb is not None:
-      for k, v in record.items():
-        if isinstance(v, (int, float)) and k != 'step' and math.isfinite(v):
-          self._tb.scalar(k, v, record.get('step', 0))
-      self._tb.flush()
+# ---------------------------------------------------------------------------------------
+# A population: each setting as a run directory of its own.
+# ---------------------------------------------------------------------------------------
 
 
 def setting_config(config: ml_collections.ConfigDict, alpha: float, threshold: float) -> ml_collections.ConfigDict:
@@ -385,10 +412,3 @@ def export_settings(config: ml_collections.ConfigDict, fit, workdir: str, write_
           'workdir': wd, 'population': os.path.abspath(workdir)})
     out.append(wd)
   return out
-
-
-def trained_epochs(workdir: str) -> int:
-  """How many epochs the newest checkpoint of ``workdir`` holds (0 when it has none)."""
-  directory = os.path.join(workdir, 'checkpoints')
-  steps = [int(name) for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(directory) else []
-  return max(steps) + 1 if steps else 0
