@@ -1,9 +1,12 @@
 """The GPU benchmark suite, run end to end at toy sizes on the CPU."""
 import json
 
+import pytest
+
 from pixelreg_jax import benchmark, configs
 
 
+@pytest.mark.slow   # ~60 s on 2 cores; a GPU-only suite: run this before spending device time on it
 def test_suite_runs_at_toy_sizes_and_writes_its_tables(tmp_path):
   rows = benchmark.run_suite(configs.load('cifar10_by_imagenet'), str(tmp_path), tiny=True)
   train_rows = [r for r in rows if r['mode'] == 'suite_train']

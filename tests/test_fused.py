@@ -66,11 +66,17 @@ def test_fused_step_equals_three_pass_step(alpha):
   config = tiny_config(**{'reg.alpha': 4.0, 'reg.threshold': 0.2})
   spec = train.pipeline_spec(config)
   model = train.create_model(config)
-  state = train.create_train_state(jax.random.PRNGKey(0), config, model, train.create_optimizer(config, 10))
+  tx = train.create_optimizer(config, 10)
+  state = jax.jit(lambda k: train.create_train_state(k, config, model, tx))(jax.random.PRNGKey(0))
   reg = regularizers.prepare(config, {'images': host['train_x'][:24], 'labels': host['train_y'][:24]})
   data = pipe.TrainData(jnp.asarray(host['train_x']), jnp.asarray(host['train_y']), reg)
-  batch = pipe.train_batch(data, jnp.arange(64), 1, 3, jax.random.PRNGKey(5), spec)
-  batch.update(regularizers.pair_batch(reg, jax.random.PRNGKey(6), 3, 0.2, spec))
+
+  @jax.jit   # one program, not op by op
+  def make_batch(data):
+    batch = pipe.train_batch(data, jnp.arange(64), 1, 3, jax.random.PRNGKey(5), spec)
+    return {**batch, **regularizers.pair_batch(data.reg, jax.random.PRNGKey(6), 3, 0.2, spec)}
+
+  batch = make_batch(data)
   # A traced α (a population member): α = 0 must leave BN's running stats as after the CE pass.
   step = jax.jit(lambda s, b, a, fused: train.train_step(s, b, alpha=a, fused=fused), static_argnums=3)
   fused, m_fused = step(state, batch, alpha, True)
