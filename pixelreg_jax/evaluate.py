@@ -31,8 +31,9 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Command-line flags (defined only when run as a program, so modules can be imported together)."""
   flags.DEFINE_string('workdir', None, 'Run directory to evaluate.', required=True)
-  flags.DEFINE_list('attacks', ['gaussian', 'uniform', 'salt_pepper', 'fgsm'],
-                    f'Evaluators: {", ".join(evaluation.names())}.')
+  flags.DEFINE_list('attacks', ['gaussian', 'uniform', 'salt_pepper', 'fgsm', 'boundary'],
+                    f'Evaluators: {", ".join(evaluation.names())} (default: the release\'s, which runs the '
+                    'Boundary attack after training too).')
   flags.DEFINE_string('source_workdir', None, 'Unregularized run whose gradients FGSM transfers.')
   flags.DEFINE_string('output', None, 'Where to write the JSON (default <workdir>/robustness.json); the results of '
                       'other evaluators already there (same checkpoint and settings) are kept.')

@@ -278,3 +278,18 @@ def test_config_errors_name_the_field():
     B.BoundaryConfig(protocol='fast')
   with pytest.raises(ConfigError, match='init_tries'):
     B.BoundaryConfig(init_tries=0)
+
+
+def test_the_channel0_distance_is_the_releases_rgb_statistic():
+  """For RGB images the release scores channel 0 only: ‖(x̃ − x)[..., 0]/(hi − lo)‖² / (H·W),
+  computed here in NumPy from the adversarial examples the attack returns."""
+  x1, w1, c, _ = _linear_case(b=6)
+  x = np.repeat(x1, 3, axis=-1)                    # [B, s, s, 3], the classifier reads all channels
+  w = np.repeat(w1.reshape(8, 8, 1), 3, axis=-1).reshape(-1) / 3
+  out, _ = _run(_linear_predict(w, c), x, B.BoundaryConfig(protocol='strong', steps=30, candidates=4))
+  lo, hi = BOUNDS
+  delta = (out['adversarial'].astype(np.float64) - x) / (hi - lo)
+  ok = out['success']
+  assert ok.any()
+  np.testing.assert_allclose(out['distance_channel0'][ok], (delta[ok, ..., 0] ** 2).sum((1, 2)) / 64, rtol=1e-4)
+  np.testing.assert_allclose(out['distance'][ok], (delta[ok] ** 2).sum((1, 2, 3)) / (64 * 3), rtol=1e-4)

@@ -458,3 +458,16 @@ def test_analysis_writes_strict_json(tmp_path):
   with open(tmp_path / 'analysis.json') as f:
     saved = json.load(f, parse_constant=refuse)
   assert saved['combined_mean'] == {'pearson': None, 'spearman': None}
+
+
+def test_an_rgb_runs_boundary_result_carries_the_releases_channel0_score(runs, tmp_path):
+  """The release scores an RGB model's Boundary attack on channel 0 only; the record carries that
+  statistic beside the all-channel one, for RGB runs only."""
+  settings = evaluation.evaluation_config({**SMALL, 'boundary.images': 4, 'boundary.steps': 3, 'boundary.repeats': 1,
+                                           'boundary.init_tries': 20})
+  for name, want in (('rgb', True), ('run', False)):
+    shutil.copytree(runs[name], tmp_path / name)
+    b = evaluation.evaluate_run(str(tmp_path / name), ['boundary'], settings, log=QUIET)['results']['boundary']
+    assert ('score_channel0' in b) == want
+    if want:
+      assert len(b['score_channel0']) == len(b['score']) == 1

@@ -8,7 +8,8 @@ successfully attacked images of ‖δ‖²/D; a seed's score is the mean over re
 
 A result: ``{'kind': 'boundary', 'protocol', 'steps', 'repeats', 'num_images', 'bounds',
 'distance', 'score': [K], 'median_per_repeat': [K][R], 'no_start', 'not_adversarial',
-'successful': [K][R] image counts, 'seconds'}``. A model's runs pool by concatenating the seeds
+'successful': [K][R] image counts, 'seconds'}``; for RGB models also ``'score_channel0': [K]``, the
+release's statistic for them (the distance of channel 0 only, D = H·W). A model's runs pool by concatenating the seeds
 (same protocol, steps and repeats required); summary.json shows the mean ± SEM of the seeds'
 scores (undefined if a seed has none) and the excluded images summed over seeds and repeats.
 """
@@ -47,10 +48,11 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
     logits_fn = run.logits_fn(variables)
     predict = lambda z: jnp.argmax(logits_fn(z), -1)  # noqa: E731
     out = attacks_lib.boundary_attack(predict, k, x, predict(x), cfg, bounds=(lo, hi))
-    return {k: out[k] for k in ('distance', 'success', 'no_start')}
+    return {k: out[k] for k in ('distance', 'distance_channel0', 'success', 'no_start')}
 
   real = mb.reshape(-1) > 0
-  per_seed = []
+  rgb = run.config.model.channels == 3
+  per_seed, channel0 = [], []
   key = ctx.key_for('boundary')
   for s in range(run.num_seeds):
     v = run.seed_variables(s)
@@ -59,13 +61,18 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
       outs = [jax.device_get(attack(v, jax.random.fold_in(jax.random.fold_in(key, r), i), xb[i]))
               for i in range(xb.shape[0])]
       reps.append({k: np.concatenate([o[k] for o in outs])[real] for k in outs[0]})
-    per_seed.append(attacks_lib.boundary.release_score(
-        np.stack([r['distance'] for r in reps]), np.stack([r['success'] for r in reps]),
-        np.stack([r['no_start'] for r in reps])))
-  return {'kind': KIND, 'protocol': cfg.protocol, 'steps': cfg.steps, 'repeats': b.repeats,
-          'num_images': int(len(images)), 'bounds': [float(lo), float(hi)],
-          'distance': '‖(x̃ − x)/(max − min)‖² / (H·W·C), median over successful images, mean over repeats',
-          **{k: [r[k] for r in per_seed] for k in ('score', 'median_per_repeat', *_COUNTS)}}
+    success, no_start = np.stack([r['success'] for r in reps]), np.stack([r['no_start'] for r in reps])
+    per_seed.append(attacks_lib.boundary.release_score(np.stack([r['distance'] for r in reps]), success, no_start))
+    if rgb:
+      channel0.append(attacks_lib.boundary.release_score(np.stack([r['distance_channel0'] for r in reps]),
+                                                         success, no_start)['score'])
+  out = {'kind': KIND, 'protocol': cfg.protocol, 'steps': cfg.steps, 'repeats': b.repeats,
+         'num_images': int(len(images)), 'bounds': [float(lo), float(hi)],
+         'distance': '‖(x̃ − x)/(max − min)‖² / (H·W·C), median over successful images, mean over repeats',
+         **{k: [r[k] for r in per_seed] for k in ('score', 'median_per_repeat', *_COUNTS)}}
+  if rgb:   # the release's statistic for RGB models: channel 0 only, D = H·W
+    out['score_channel0'] = channel0
+  return out
 
 
 @registry.evaluator('boundary', uses=('settings.boundary',))
@@ -94,7 +101,7 @@ def pool(label: str, name: str, results: list[dict]) -> dict:
                          for k in ('protocol', 'steps', 'repeats')}}
   out['num_images'] = registry.one_or_all([r['num_images'] for r in results])
   out['images_per_seed'] = [r['num_images'] for r in results for _ in r['score']]
-  for k in ('score', 'median_per_repeat', *_COUNTS):
+  for k in ('score', 'score_channel0', 'median_per_repeat', *_COUNTS):
     if all(k in r for r in results):
       out[k] = registry.seeds_concatenated(results, k)
   return out
@@ -104,6 +111,8 @@ def check_result(where: str, result: dict, seeds: int) -> None:
   """Protocol, steps, repeats, images; the score [K] (null: undefined) and the per-repeat lists [K][R]."""
   registry.check_fields(result, where, protocol=str, steps=int, repeats=int, num_images=int)
   registry.check_array(result.get('score'), (seeds,), f'{where}.score', allow_none=True)
+  if 'score_channel0' in result:
+    registry.check_array(result['score_channel0'], (seeds,), f'{where}.score_channel0', allow_none=True)
   for k in ('median_per_repeat', *_COUNTS):
     if k in result:
       registry.check_array(result[k], (seeds, result['repeats']), f'{where}.{k}', allow_none=k == 'median_per_repeat')
@@ -119,6 +128,9 @@ def aggregate(name: str, model: registry.Model) -> None:
   out['score'] = registry.mean_sem(scores) if defined.all() else {'mean': None, 'sem': None}
   out['score_per_seed'] = scores.tolist()
   out['seeds_without_score'] = int((~defined).sum())
+  if 'score_channel0' in b:
+    c0 = np.asarray(b['score_channel0'], np.float64)
+    out['score_channel0'] = registry.mean_sem(c0) if np.isfinite(c0).all() else {'mean': None, 'sem': None}
   out['attacked'] = int(b['repeats'] * sum(b['images_per_seed']))
   for k in _COUNTS:
     if k in b:
