@@ -18,7 +18,17 @@ and dispatches on the kind. Add an evaluator: a function ``fn(ctx, record, name)
 evaluator's key is ``ctx.key_for(name)``), so models are compared on identical perturbations.
 """
 # The kinds' modules register their evaluators and kinds when imported.
-from pixelreg_jax.evaluation import boundary, corruptions, curves, masking_checks, store, workdirs  # noqa: F401
+from pixelreg_jax.evaluation import (  # noqa: F401
+    boundary,
+    corruptions,
+    curves,
+    hopskipjump,
+    masking_checks,
+    smoothing,
+    square,
+    store,
+    workdirs,
+)
 from pixelreg_jax.evaluation.context import Context, sweep, test_set_bounds
 from pixelreg_jax.evaluation.registry import EVALUATORS, KINDS, Kind, Model, evaluator, names
 from pixelreg_jax.evaluation.run import FORMAT, evaluate_run, summary

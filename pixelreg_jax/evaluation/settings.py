@@ -45,6 +45,30 @@ def evaluation_config(overrides: Optional[dict] = None) -> ml_collections.Config
   c.corruptions = ml_collections.ConfigDict()
   c.corruptions.images = 0      # Test images for the corruptions (0 = the same as the other evaluators).
   c.corruptions.names = ''      # Comma-separated corruptions ('' = the CIFAR-10-C set or MNIST-C, by dataset).
+
+  c.smoothing = ml_collections.ConfigDict()   # Randomized smoothing (docs/smoothing.md); checked by its evaluator.
+  c.smoothing.sigmas = '0.12,0.25,0.5'        # Comma-separated noise levels σ, in [0, 1] input space (the paper's).
+  c.smoothing.radii = '0,0.25,0.5,0.75,1,1.25,1.5,1.75,2'   # L2 radii of the certified-accuracy curve.
+  c.smoothing.n0 = 100          # Selection samples per image (the paper: 100).
+  c.smoothing.n = 1000          # Estimation samples per image (the paper: 100000, meant for a GPU).
+  c.smoothing.alpha = 0.001     # Each certificate holds with probability 1 − alpha (the paper: 0.001).
+  c.smoothing.batch = 1000      # Noisy images per model call (memory).
+  c.smoothing.images = 100      # The first N evaluated images are certified (0 = all evaluated images).
+  c.hopskipjump = ml_collections.ConfigDict()   # HopSkipJump (docs/hopskipjump.md); checked by its evaluators.
+  c.hopskipjump.images = 100    # Random test images attacked (chosen as the Boundary images are).
+  c.hopskipjump.budgets = '1000,5000,25000'   # Comma-separated query budgets; the best distance within each.
+  c.hopskipjump.batch = 50      # Images per compiled attack batch; like batch_size, it changes the draws.
+  c.hopskipjump.init_tries = 1000   # Uniform-noise draws per image for an adversarial start (foolbox: 1000).
+  c.hopskipjump.eval_chunk = 100    # Gradient-estimate directions per image in one model call (memory only).
+  c.square = ml_collections.ConfigDict()   # The Square attack (docs/square.md); checked by its evaluators.
+  c.square.images = 500         # The first N evaluated images attacked (0 = all evaluated images).
+  c.square.n_queries = 1000     # Query budget per image and ε, the start included.
+  c.square.p_init = 0.8         # Fraction of pixels the first steps change (halved by the paper's schedule).
+  c.square.linf_eps = ''        # Comma-separated L∞ radii ('' = MNIST 0,.1,.2,.3; CIFAR 0,2,4,8,16/255).
+  c.square.l2_eps = ''          # Comma-separated L2 radii ('' = MNIST 0,1,2,3; CIFAR 0,.25,.5,1).
+  c.square.queries = ''         # Comma-separated query counts of the accuracy-vs-queries curve ('' = 1,2,5·10^k).
+  c.square.query_level = -1     # Index into the radii of the ε of the accuracy-vs-queries curve (-1 = the largest).
+  c.square.batch = 500          # Images per compiled attack batch; like batch_size, it changes the draws.
   if overrides:
     c.update_from_flattened_dict(dict(overrides))
   return c
