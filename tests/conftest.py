@@ -107,3 +107,57 @@ def run_env():
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   return env
+
+
+# ---------------------------------------------------------------- the real Fashion-MNIST and small models on it
+
+FASHION_MNIST_IDX = '/usr/share/datasets/fashion-mnist'   # Debian's dataset-fashion-mnist
+_IDX_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+              'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+
+
+def require(ok: bool, reason: str) -> None:
+  """Skips the test unless ``ok``; under CI=true fails instead: CI has the real data and the test
+  tools, and must run the tests that need them."""
+  if ok:
+    return
+  if os.environ.get('CI', '').lower() == 'true':
+    pytest.fail(f'{reason}: CI must run this test')
+  pytest.skip(reason)
+
+
+def real_fashion_mnist(split: str):
+  """The real Fashion-MNIST ``split`` from Debian's IDX files: (uint8 [N, 28, 28, 1], int labels [N])."""
+  from pixelreg_jax import data as data_lib
+  paths = [os.path.join(FASHION_MNIST_IDX, f) for f in _IDX_FILES[split]]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  require(not missing, f'real Fashion-MNIST IDX files missing: {missing}')
+  return data_lib.read_idx_split(*paths)
+
+
+def require_foolbox() -> None:
+  try:
+    import foolbox  # noqa: F401
+  except ImportError:
+    require(False, "foolbox 3.3.4 is not installed (pip install -e '.[test]')")
+
+
+def fit_adam(logits_fn, params, x, y, steps: int, learning_rate: float, batch: int = 128, seed: int = 0):
+  """``params`` after ``steps`` Adam steps on the softmax cross-entropy of ``logits_fn(params, x)``,
+  each on ``batch`` images drawn with ``np.random.default_rng(seed)``: the small real-data models
+  the attack parity tests use."""
+  import jax
+  import optax
+  opt = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(p, state, xb, yb):
+    grad = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(logits_fn(q, xb), yb).mean())(p)
+    updates, state = opt.update(grad, state)
+    return optax.apply_updates(p, updates), state
+
+  state, rng = opt.init(params), np.random.default_rng(seed)
+  for _ in range(steps):
+    i = rng.integers(0, len(x), batch)
+    params, state = step(params, state, x[i], y[i])
+  return params

@@ -7,7 +7,6 @@ required where CI=true (the test fails without them) and skipped elsewhere.
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import jax
@@ -16,23 +15,13 @@ import numpy as np
 import optax
 import pytest
 
-from pixelreg_jax import attacks, data
+from conftest import fit_adam, real_fashion_mnist, require_foolbox
+from pixelreg_jax import attacks
 from pixelreg_jax.attacks import boundary as B
 
-FMNIST = '/usr/share/datasets/fashion-mnist'
-SPLITS = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-          'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
 N_IMAGES = 32        # test images 0..31: 3 of them (18, 30, 31: bags) get no start, see below
 FB_REPEATS = 2       # foolbox runs one image per call (~0.2-0.5 s each on 2 cores)
 JAX_REPEATS = 5      # the release's 5
-
-
-def _require(ok: bool, reason: str) -> None:
-  if ok:
-    return
-  if os.environ.get('CI', '').lower() == 'true':
-    pytest.fail(f'{reason}: CI must run the foolbox parity tests')
-  pytest.skip(reason)
 
 
 def _mlp_logits(params, z):
@@ -43,32 +32,15 @@ def _mlp_logits(params, z):
 @pytest.fixture(scope='module')
 def setup():
   """{'logits': jitted images [N, 28, 28, 1] in [0, 1] -> [N, 10], 'x_test', 'y_test', 'bounds'}."""
-  paths = {s: [os.path.join(FMNIST, f) for f in files] for s, files in SPLITS.items()}
-  missing = [p for ps in paths.values() for p in ps if not os.path.isfile(p)]
-  _require(not missing, f'real Fashion-MNIST IDX files missing: {missing}')
-  try:
-    import foolbox  # noqa: F401
-  except ImportError:
-    _require(False, "foolbox 3.3.4 is not installed (pip install -e '.[test]')")
-  x_tr, y_tr = data.read_idx_split(*paths['train'])
-  x_te, y_te = data.read_idx_split(*paths['test'])
+  x_tr, y_tr = real_fashion_mnist('train')
+  x_te, y_te = real_fashion_mnist('test')
+  require_foolbox()
   x_tr, y_tr = x_tr[:10000].astype(np.float32) / 255, y_tr[:10000]
   x_te = x_te.astype(np.float32) / 255
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
   params = {'w1': jax.random.normal(k1, (784, 32)) / 28, 'b1': jnp.zeros(32),
             'w2': jax.random.normal(k2, (32, 10)) / np.sqrt(32), 'b2': jnp.zeros(10)}
-  opt = optax.adam(3e-3)
-
-  @jax.jit
-  def train_step(params, state, xb, yb):
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(_mlp_logits(p, xb), yb).mean()  # noqa: E731
-    updates, state = opt.update(jax.grad(loss)(params), state)
-    return optax.apply_updates(params, updates), state
-
-  state, rng = opt.init(params), np.random.default_rng(0)
-  for _ in range(300):               # ~2 s on 2 cores: 84 % test accuracy
-    idx = rng.integers(0, len(x_tr), 128)
-    params, state = train_step(params, state, x_tr[idx], y_tr[idx])
+  params = fit_adam(_mlp_logits, params, x_tr, y_tr, steps=300, learning_rate=3e-3)   # ~2 s: 84 % test accuracy
   logits = jax.jit(lambda z: _mlp_logits(params, z))
   return {'logits': logits, 'x_test': x_te, 'y_test': y_te,
           'bounds': (float(x_te.min()), float(x_te.max()))}

@@ -9,17 +9,16 @@ the per-image algorithm). The data files are required where CI=true and skipped 
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.experimental import io_callback
 
-from pixelreg_jax import data, jsonio
+from conftest import fit_adam, real_fashion_mnist, require_foolbox
+from pixelreg_jax import jsonio
 from pixelreg_jax.attacks import hopskipjump as H
 from pixelreg_jax.errors import ConfigError
 from pixelreg_jax.evaluation import hopskipjump as E  # registers the evaluators and the kind
@@ -27,7 +26,6 @@ from pixelreg_jax.evaluation import registry
 from pixelreg_jax.evaluation import settings as settings_lib
 from pixelreg_jax.evaluation.context import Context
 
-FMNIST = '/usr/share/datasets/fashion-mnist'
 _CHEAP = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
@@ -181,41 +179,16 @@ def test_evaluator_record_pool_and_aggregate():
 # -- parity with foolbox 3.3.4 --------------------------------------------------------------------
 
 
-def _require(ok: bool, reason: str) -> None:
-  if ok:
-    return
-  if os.environ.get('CI', '').lower() == 'true':
-    pytest.fail(f'{reason}: CI must run the foolbox parity tests')
-  pytest.skip(reason)
-
-
 @pytest.fixture(scope='module')
 def fmnist_model():
   """{'logits': images [N, 28, 28, 1] -> [N, 10] (a linear classifier, 82 % test accuracy), 'x':
   test images whose class is not the one uniform noise gets (those have no start), 'labels'}."""
-  files = [os.path.join(FMNIST, f) for f in ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
-                                              't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')]
-  _require(all(os.path.isfile(f) for f in files), f'real Fashion-MNIST IDX files missing in {FMNIST}')
-  try:
-    import foolbox  # noqa: F401
-  except ImportError:
-    _require(False, "foolbox 3.3.4 is not installed (pip install -e '.[test]')")
-  x_tr, y_tr = data.read_idx_split(*files[:2])
-  x_te, _ = data.read_idx_split(*files[2:])
+  x_tr, y_tr = real_fashion_mnist('train')
+  x_te, _ = real_fashion_mnist('test')
+  require_foolbox()
   x_tr, y_tr, x_te = x_tr[:10000].astype(np.float32) / 255, y_tr[:10000], x_te[:200].astype(np.float32) / 255
   lin = lambda p, z: z.reshape(z.shape[0], -1) @ p['w'] + p['b']  # noqa: E731
-  params, opt = {'w': jnp.zeros((784, 10)), 'b': jnp.zeros(10)}, optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, state, xb, yb):
-    g = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(lin(q, xb), yb).mean())(params)
-    u, state = opt.update(g, state)
-    return optax.apply_updates(params, u), state
-
-  state, rng = opt.init(params), np.random.default_rng(0)
-  for _ in range(200):
-    i = rng.integers(0, len(x_tr), 128)
-    params, state = step(params, state, x_tr[i], y_tr[i])
+  params = fit_adam(lin, {'w': jnp.zeros((784, 10)), 'b': jnp.zeros(10)}, x_tr, y_tr, steps=200, learning_rate=1e-2)
   w, b = params['w'], params['b']
   # Σ_j z_j·w_jk as a multiply and a sum, not a matmul: a row's logits are then bitwise the same in
   # any batch (XLA:CPU's matmul rounds a row differently in a batch of 1 and of 2000). Near the

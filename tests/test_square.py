@@ -4,7 +4,6 @@ adversarial; budget, ε-ball and box hold), exact query counts against a host lo
 call, the schedule and bumps against their definitions, the evaluator on a fake run, its settings
 and merge; parity (slow) with ART's SquareAttack and AutoAttack's port on real Fashion-MNIST."""
 import json
-import os
 import types
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
+from conftest import fit_adam, real_fashion_mnist
 from pixelreg_jax import errors, evaluation, jsonio
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax.attacks import masking
@@ -288,15 +288,7 @@ def test_a_merge_keeps_or_drops_both_curves_with_their_settings():
 
 # -- parity on real Fashion-MNIST (slow) -------------------------------------------------------------
 
-FMNIST = '/usr/share/datasets/fashion-mnist'
 PARITY = {'images': 1000, 'n_queries': 300, 'p_init': 0.8, 'repeats': 2}
-
-
-def _require(ok: bool, reason: str) -> None:
-  if not ok and os.environ.get('CI', '').lower() == 'true':
-    pytest.fail(f'{reason}: CI must run the Square parity tests')
-  if not ok:
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope='module')
@@ -304,30 +296,14 @@ def fmnist_mlp():
   """An MLP 784-32-10 trained for 300 Adam steps on 10000 real Fashion-MNIST training images (about
   85 % test accuracy) and the first ``PARITY['images']`` test images: {'params' (NumPy), 'logits'
   (JAX), 'numpy_logits', 'x' [N, 28, 28, 1] in [0, 1], 'y' [N]}."""
-  import optax
-
-  from pixelreg_jax import data
-  files = {s: [os.path.join(FMNIST, f'{p}-{k}-idx{d}-ubyte.gz') for k, d in (('images', 3), ('labels', 1))]
-           for s, p in (('train', 'train'), ('test', 't10k'))}
-  missing = [f for fs in files.values() for f in fs if not os.path.isfile(f)]
-  _require(not missing, f'real Fashion-MNIST IDX files missing: {missing}')
-  (x_tr, y_tr), (x_te, y_te) = data.read_idx_split(*files['train']), data.read_idx_split(*files['test'])
+  (x_tr, y_tr), (x_te, y_te) = real_fashion_mnist('train'), real_fashion_mnist('test')
   x_tr, y_tr = x_tr[:10000].astype(np.float32) / 255, y_tr[:10000]
 
   mlp = lambda p, z: jax.nn.relu(z.reshape(z.shape[0], -1) @ p['w1'] + p['b1']) @ p['w2'] + p['b2']  # noqa: E731
-  k1, k2, opt = *jax.random.split(jax.random.PRNGKey(0)), optax.adam(3e-3)
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
   params = {'w1': jax.random.normal(k1, (784, 32)) / 28, 'b1': jnp.zeros(32),
             'w2': jax.random.normal(k2, (32, 10)) / np.sqrt(32), 'b2': jnp.zeros(10)}
-
-  @jax.jit
-  def step(p, state, xb, yb):
-    grad = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(mlp(q, xb), yb).mean())(p)
-    updates, state = opt.update(grad, state)
-    return optax.apply_updates(p, updates), state
-
-  state, rng = opt.init(params), np.random.default_rng(0)
-  for i in (rng.integers(0, len(x_tr), 128) for _ in range(300)):
-    params, state = step(params, state, x_tr[i], y_tr[i])
+  params = fit_adam(mlp, params, x_tr, y_tr, steps=300, learning_rate=3e-3)
   pn, n = {k: np.asarray(v, np.float32) for k, v in params.items()}, PARITY['images']
   return {'params': pn, 'logits': lambda z: mlp(params, z),
           'numpy_logits': lambda z: np.maximum(z.reshape(len(z), -1) @ pn['w1'] + pn['b1'], 0) @ pn['w2'] + pn['b2'],
