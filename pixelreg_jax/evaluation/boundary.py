@@ -18,13 +18,12 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pixelreg_jax import attacks as attacks_lib
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax.evaluation import registry
-from pixelreg_jax.evaluation.context import Context
+from pixelreg_jax.evaluation.context import Context, decision_attack, over_batches
 
 KIND = 'boundary'
 _COUNTS = ('no_start', 'not_adversarial', 'successful')
@@ -41,16 +40,8 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
   b, run, cfg = ctx.settings.boundary, ctx.run, attack_config(ctx)
   (xb,), mb = pipe.pad_to_batches(b.batch, images)
   lo, hi = ctx.bounds
-
-  @jax.jit
-  def attack(variables, k, x_u8):
-    x = run.model_input(x_u8)
-    logits_fn = run.logits_fn(variables)
-    predict = lambda z: jnp.argmax(logits_fn(z), -1)  # noqa: E731
-    out = attacks_lib.boundary_attack(predict, k, x, predict(x), cfg, bounds=(lo, hi))
-    return {k: out[k] for k in ('distance', 'distance_channel0', 'success', 'no_start')}
-
-  real = mb.reshape(-1) > 0
+  attack = decision_attack(ctx, lambda predict, k, x, labels, bounds: attacks_lib.boundary_attack(
+      predict, k, x, labels, cfg, bounds=bounds), ('distance', 'distance_channel0', 'success', 'no_start'))
   rgb = run.config.model.channels == 3
   per_seed, channel0 = [], []
   key = ctx.key_for('boundary')
@@ -58,9 +49,7 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
     v = run.seed_variables(s)
     reps = []
     for r in range(b.repeats):
-      outs = [jax.device_get(attack(v, jax.random.fold_in(jax.random.fold_in(key, r), i), xb[i]))
-              for i in range(xb.shape[0])]
-      reps.append({k: np.concatenate([o[k] for o in outs])[real] for k in outs[0]})
+      reps.append(over_batches(attack, v, jax.random.fold_in(key, r), xb, mb))
     success, no_start = np.stack([r['success'] for r in reps]), np.stack([r['no_start'] for r in reps])
     per_seed.append(attacks_lib.boundary.release_score(np.stack([r['distance'] for r in reps]), success, no_start))
     if rgb:

@@ -97,6 +97,30 @@ def _host_loop_sweep(batch_fn: Callable, run, xb, yb, mb, extras: tuple, shared:
   return jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed))
 
 
+def decision_attack(ctx: Context, attack: Callable, fields: tuple[str, ...]) -> Callable:
+  """A jitted ``(variables, key, x_u8 [B, H, W, C]) -> {field: array}`` of a decision-based attack
+  ``attack(predict, key, x, labels, bounds)`` run on one seed's model: the images in [0, 1], the
+  label to move away from the model's own prediction, the bounds the whole test set's range."""
+  run, bounds = ctx.run, ctx.bounds
+
+  @jax.jit
+  def fn(variables, key, x_u8):
+    x = run.model_input(x_u8)
+    logits_fn = run.logits_fn(variables)
+    predict = lambda z: jnp.argmax(logits_fn(z), -1)  # noqa: E731
+    out = attack(predict, key, x, predict(x), bounds)
+    return {f: out[f] for f in fields}
+  return fn
+
+
+def over_batches(fn: Callable, variables: dict, key: jax.Array, xb: np.ndarray, mask: np.ndarray) -> dict:
+  """``fn(variables, fold_in(key, i), xb[i])`` for every batch i of ``xb`` [nb, B, ...]: each output
+  concatenated over the images (its last axis) with the padding (``mask`` [nb, B] of 0) dropped."""
+  outs = [jax.device_get(fn(variables, jax.random.fold_in(key, i), xb[i])) for i in range(xb.shape[0])]
+  real = mask.reshape(-1) > 0
+  return {k: np.concatenate([o[k] for o in outs], axis=-1)[..., real] for k in outs[0]}
+
+
 def clean_accuracy(ctx: Context) -> list[float]:
   """Accuracy [K] of every seed on the unperturbed images."""
   def correct(logits_fn, key, x, y, m, shared):

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import time
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -30,7 +28,7 @@ from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax.attacks import hopskipjump as hsj
 from pixelreg_jax.errors import ConfigError
 from pixelreg_jax.evaluation import registry
-from pixelreg_jax.evaluation.context import Context
+from pixelreg_jax.evaluation.context import Context, decision_attack, over_batches
 
 KIND = 'decision_distance'
 NORM_OF = {'hopskipjump': 'l2', 'hopskipjump_linf': 'linf'}
@@ -74,22 +72,12 @@ def hopskipjump_eval(ctx: Context, images: np.ndarray, name: str) -> dict:
   cfg = attack_config(ctx.settings, NORM_OF[name])
   (xb,), mb = pipe.pad_to_batches(h.batch, images)
   lo, hi = ctx.bounds
-
-  @jax.jit
-  def attack(variables, k, x_u8):
-    x = run.model_input(x_u8)
-    logits_fn = run.logits_fn(variables)
-    predict = lambda z: jnp.argmax(logits_fn(z), -1)  # noqa: E731
-    out = hsj.hopskipjump(predict, k, x, predict(x), cfg, bounds=(lo, hi))
-    return {f: out[f] for f in ('distance', 'success', 'not_adversarial', 'no_start', 'queries')}
-
-  real = mb.reshape(-1) > 0
+  attack = decision_attack(ctx, lambda predict, k, x, labels, bounds: hsj.hopskipjump(
+      predict, k, x, labels, cfg, bounds=bounds), ('distance', 'success', 'not_adversarial', 'no_start', 'queries'))
   key = ctx.key_for(name)
   per_seed = []
   for s in range(run.num_seeds):
-    v = run.seed_variables(s)
-    outs = [jax.device_get(attack(v, jax.random.fold_in(key, i), xb[i])) for i in range(xb.shape[0])]
-    o = {k: np.concatenate([b[k] for b in outs], axis=-1)[..., real] for k in outs[0]}   # [NB, N] or [N]
+    o = over_batches(attack, run.seed_variables(s), key, xb, mb)   # [NB, N] or [N]
     started = ~o['no_start']
     per_seed.append({'median': hsj.median_at_budgets(o['distance'], o['success']),
                      'successful': o['success'].sum(1).tolist(),
