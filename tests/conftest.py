@@ -6,6 +6,7 @@ sys.path tricks: the tests and the subprocesses they start see the same package.
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import shutil
 import tempfile
@@ -135,11 +136,16 @@ def real_fashion_mnist(split: str):
   return data_lib.read_idx_split(*paths)
 
 
-def require_foolbox() -> None:
+def require_module(name: str, what: str) -> None:
+  """Skips (fails under CI) unless the module ``name`` imports; ``what`` says how to install it."""
   try:
-    import foolbox  # noqa: F401
+    importlib.import_module(name)
   except ImportError:
-    require(False, "foolbox 3.3.4 is not installed (pip install -e '.[test]')")
+    require(False, f'{what} is not installed')
+
+
+def require_foolbox() -> None:
+  require_module('foolbox', "foolbox 3.3.4 (a test dependency: pip install -e '.[test]')")
 
 
 def fit_adam(logits_fn, params, x, y, steps: int, learning_rate: float, batch: int = 128, seed: int = 0):

@@ -2,7 +2,8 @@
 (never fooled beyond the exact distance, fooled well inside it), invariants (every success is
 adversarial; budget, ε-ball and box hold), exact query counts against a host log of every model
 call, the schedule and bumps against their definitions, the evaluator on a fake run, its settings
-and merge; parity (slow) with ART's SquareAttack and AutoAttack's port on real Fashion-MNIST."""
+and merge; parity on real Fashion-MNIST with ART's SquareAttack (default suite) and torchattacks'
+port of AutoAttack's (slow; only where torch is installed)."""
 import json
 import types
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from conftest import fit_adam, real_fashion_mnist
+from conftest import fit_adam, real_fashion_mnist, require_module
 from pixelreg_jax import errors, evaluation, jsonio
 from pixelreg_jax import input_pipeline as pipe
 from pixelreg_jax.attacks import masking
@@ -286,7 +287,7 @@ def test_a_merge_keeps_or_drops_both_curves_with_their_settings():
   assert set(merged['results']) == {'square_l2', 'square_l2_queries'}
 
 
-# -- parity on real Fashion-MNIST (slow) -------------------------------------------------------------
+# -- parity on real Fashion-MNIST ----------------------------------------------------------------------
 
 PARITY = {'images': 1000, 'n_queries': 300, 'p_init': 0.8, 'repeats': 2}
 
@@ -310,34 +311,32 @@ def fmnist_mlp():
           'x': x_te[:n].astype(np.float32) / 255, 'y': y_te[:n].astype(np.int64)}
 
 
-def _ours(setup, norm, eps):
-  """Robust accuracy [repeats] of this module's attack with ``redraw=False`` (keys 0, 1, …)."""
-  cfg = S.SquareConfig(norm, PARITY['n_queries'], PARITY['p_init'], redraw=False)
-  x, y = jnp.asarray(setup['x']), jnp.asarray(setup['y'])
+def _ours(setup, norm, eps, size):
+  """Robust accuracy [repeats] of this module's attack with ``redraw=False`` (keys 0, 1, …) on the
+  first ``size['images']`` images."""
+  cfg = S.SquareConfig(norm, size['n_queries'], size['p_init'], redraw=False)
+  x, y = jnp.asarray(setup['x'][:size['images']]), jnp.asarray(setup['y'][:size['images']])
   run = jax.jit(lambda k: S.square_attack(setup['logits'], k, x, y, eps, 0.0, 1.0, cfg).fooled)
-  return np.array([1 - float(np.mean(run(jax.random.PRNGKey(r)))) for r in range(PARITY['repeats'])])
+  return np.array([1 - float(np.mean(run(jax.random.PRNGKey(r)))) for r in range(size['repeats'])])
 
 
-def _art(setup, norm, eps):
+def _art(setup, norm, eps, size):
   """Robust accuracy [repeats] under ART's SquareAttack (a black box around the NumPy twin)."""
-  try:
-    from art.attacks.evasion import SquareAttack
-    from art.estimators.classification import BlackBoxClassifierNeuralNetwork
-  except ImportError:
-    pytest.skip('adversarial-robustness-toolbox is not installed (a slow test\'s reference, not a dependency: '
-                'pip install adversarial-robustness-toolbox==1.20.1)')
+  require_module('art', 'adversarial-robustness-toolbox (a test dependency: pip install -e ".[test]")')
+  from art.attacks.evasion import SquareAttack
+  from art.estimators.classification import BlackBoxClassifierNeuralNetwork
   clf = BlackBoxClassifierNeuralNetwork(setup['numpy_logits'], (28, 28, 1), 10, channels_first=False,
                                         clip_values=(0.0, 1.0))
-  attack = SquareAttack(clf, norm=np.inf if norm == 'linf' else 2, max_iter=PARITY['n_queries'] - 1, eps=eps,
-                        p_init=PARITY['p_init'], batch_size=1000, verbose=False)
-  out = []
-  for r in range(PARITY['repeats']):
+  attack = SquareAttack(clf, norm=np.inf if norm == 'linf' else 2, max_iter=size['n_queries'] - 1, eps=eps,
+                        p_init=size['p_init'], batch_size=1000, verbose=False)
+  x, y, out = setup['x'][:size['images']], setup['y'][:size['images']], []
+  for r in range(size['repeats']):
     np.random.seed(r)
-    out.append(setup['numpy_logits'](attack.generate(setup['x'], np.eye(10)[setup['y']])).argmax(1) == setup['y'])
+    out.append(setup['numpy_logits'](attack.generate(x, np.eye(10)[y])).argmax(1) == y)
   return np.mean(out, axis=1)
 
 
-def _port(setup, norm, eps):
+def _port(setup, norm, eps, size):
   """Robust accuracy [repeats] under torchattacks' Square on a PyTorch twin of the same weights."""
   try:
     import torch
@@ -350,17 +349,34 @@ def _port(setup, norm, eps):
     for layer, w, b in ((net[1], 'w1', 'b1'), (net[3], 'w2', 'b2')):
       layer.weight.copy_(torch.tensor(p[w].T))
       layer.bias.copy_(torch.tensor(p[b]))
-  x, y = torch.tensor(setup['x'].transpose(0, 3, 1, 2)), torch.tensor(setup['y'])
-  np.testing.assert_allclose(net(x).detach().numpy(), setup['numpy_logits'](setup['x']), atol=1e-4)
+  xn = setup['x'][:size['images']]
+  x, y = torch.tensor(xn.transpose(0, 3, 1, 2)), torch.tensor(setup['y'][:size['images']])
+  np.testing.assert_allclose(net(x).detach().numpy(), setup['numpy_logits'](xn), atol=1e-4)
   out = [float((net(torchattacks.Square(net, norm={'linf': 'Linf', 'l2': 'L2'}[norm], eps=eps,
-                                        n_queries=PARITY['n_queries'] - 1, p_init=PARITY['p_init'], seed=r)(x, y)
-                    ).argmax(1) == y).float().mean()) for r in range(PARITY['repeats'])]
+                                        n_queries=size['n_queries'] - 1, p_init=size['p_init'], seed=r)(x, y)
+                    ).argmax(1) == y).float().mean()) for r in range(size['repeats'])]
   return np.array(out)
 
 
+def _assert_same_robust_accuracy(ours, theirs, images):
+  """|mean difference| ≤ 2 SE of the difference of two binomial estimates from ``images`` images."""
+  a = (ours.mean() + theirs.mean()) / 2
+  se = np.sqrt(a * (1 - a) / images)
+  assert abs(ours.mean() - theirs.mean()) <= 2 * np.sqrt(2) * se, (ours, theirs, se)
+
+
+def test_linf_robust_accuracy_matches_art(fmnist_mlp):
+  """ART 1.20.1's SquareAttack (its L∞ attack; its L2 differs from the authors', below), in the
+  default suite (about 15 s). Measured (1000 images, clean 0.840; 300 queries, p_init 0.8, ε = 0.05;
+  2 repeats each): ours 0.5700 (0.567, 0.573), ART 0.5755 (0.574, 0.577); the bound 2·√2·SE is
+  0.044, and no attack at all (the clean accuracy) would be 17 SE away."""
+  ours, art = _ours(fmnist_mlp, 'linf', 0.05, PARITY), _art(fmnist_mlp, 'linf', 0.05, PARITY)
+  _assert_same_robust_accuracy(ours, art, PARITY['images'])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('reference,norm,eps', [(_art, 'linf', 0.05), (_port, 'linf', 0.05), (_port, 'l2', 1.0)])
-def test_robust_accuracy_matches_an_independent_implementation(fmnist_mlp, reference, norm, eps):
+@pytest.mark.parametrize('norm,eps', [('linf', 0.05), ('l2', 1.0)])
+def test_robust_accuracy_matches_autoattacks_port(fmnist_mlp, norm, eps):
   """|mean difference| ≤ 2 SE of the difference of two binomial estimates from N images. ART 1.20.1
   (a test dependency; not its L2, which divides a window by its target norm where the authors
   multiply: 0.752 against 0.643 here) and torchattacks 3.5.1 (AutoAttack's port; only where installed)
@@ -370,7 +386,5 @@ def test_robust_accuracy_matches_an_independent_implementation(fmnist_mlp, refer
   0.5700 (0.567, 0.573), ART 0.5755 (0.574, 0.577), port 0.5795 (0.584, 0.575), SE 0.0157; L2
   ε = 1.0: ours 0.6425 (0.648, 0.637), port 0.6505 (0.650, 0.651), SE 0.0152. With the redraw, L∞
   is 0.529 (0.527, 0.531): stronger, it spends no query on a repeat."""
-  ours, theirs = _ours(fmnist_mlp, norm, eps), reference(fmnist_mlp, norm, eps)
-  a = (ours.mean() + theirs.mean()) / 2
-  se = np.sqrt(a * (1 - a) / PARITY['images'])
-  assert abs(ours.mean() - theirs.mean()) <= 2 * np.sqrt(2) * se, (ours, theirs, se)
+  ours, theirs = _ours(fmnist_mlp, norm, eps, PARITY), _port(fmnist_mlp, norm, eps, PARITY)
+  _assert_same_robust_accuracy(ours, theirs, PARITY['images'])
