@@ -151,3 +151,75 @@ def test_compare_models_mean_sem_and_difference():
   b['results']['pgd_linf']['levels'] = [2 * v for v in b['results']['pgd_linf']['levels']]
   with pytest.raises(ValueError):
     M.compare_models(a, b, ['pgd_linf'])
+
+
+# -- black-box checks -------------------------------------------------------------------------------
+
+SQUARE = {'attack': 'square', 'n_queries': 1000, 'p_init': 0.8, 'loss': 'margin', 'redraw': True}
+
+
+def _with_blackbox(square_acc, queries_acc, hsj_median, pgd_images=1000, square_images=1000):
+  """``_record()`` with Square L∞ at ε 0, .1, .2, .3 (3 seeds), its queries curve at 0, 10, 100, 1000
+  queries and HopSkipJump medians at budgets 1000, 5000, 25000 (3 seeds)."""
+  r = _record()
+  r['results']['pgd_linf']['num_images'] = pgd_images
+  r['results']['square_linf'] = dict(_entry([0, 0.1, 0.2, 0.3], square_acc), settings=dict(SQUARE, lp='linf'),
+                                     num_images=square_images)
+  r['results']['square_linf_queries'] = dict(_entry([0, 10, 100, 1000], queries_acc),
+                                             settings=dict(SQUARE, lp='linf', eps=0.3), num_images=square_images)
+  r['results']['hopskipjump'] = {'kind': 'decision_distance', 'attack': 'hopskipjump', 'norm': 'l2',
+                                 'budgets': [1000, 5000, 25000], 'num_images': 100, 'median': hsj_median}
+  return r
+
+
+GOOD = dict(square_acc=np.tile([0.9, 0.7, 0.5, 0.3], (3, 1)), queries_acc=np.tile([0.9, 0.8, 0.5, 0.3], (3, 1)),
+            hsj_median=[[0.10, 0.08, 0.07], [0.11, 0.09, 0.08], [0.12, 0.08, 0.075]])
+
+
+def test_blackbox_checks_pass_on_a_consistent_record_and_leave_other_norms_alone():
+  checks = _by_name(M.gradient_masking_checks(_with_blackbox(**GOOD)))
+  for name in ('pgd_below_blackbox[pgd_linf vs square_linf]', 'pgd_below_blackbox[pgd_linf_steps40 vs square_linf]',
+               'more_queries[square_linf_queries]', 'more_queries[hopskipjump]'):
+    assert checks[name]['passed'], checks[name]
+  assert not any(n.startswith('pgd_below_blackbox[pgd_l2') for n in checks)   # Square L∞ is not compared to L2
+  assert 'square' not in ' '.join(n for n in checks if n.startswith(('pgd_monotone', 'more_steps')))
+  assert set(M.blackbox_attacks(_with_blackbox(**GOOD))) == {'square_linf', 'square_linf_queries', 'hopskipjump'}
+
+
+def test_square_beating_pgd_fails_at_that_epsilon():
+  """PGD L∞ is 0.9 − 3ε: 0.6 at ε = 0.1; Square 0.5 there (0.1 below: 100 images of 1000)."""
+  bad = dict(GOOD, square_acc=np.tile([0.9, 0.5, 0.3, 0.0], (3, 1)))
+  c = _by_name(M.gradient_masking_checks(_with_blackbox(**bad)))['pgd_below_blackbox[pgd_linf vs square_linf]']
+  assert not c['passed'] and 'at ε=0.1' in c['detail'], c
+  # One image of the smaller set is tolerated: 0.004 above PGD with 200 Square images (1/200 = 0.005) passes.
+  near = dict(GOOD, square_acc=np.tile([0.9, 0.596, 0.296, 0.0], (3, 1)))
+  key = 'pgd_below_blackbox[pgd_linf vs square_linf]'
+  assert _by_name(M.gradient_masking_checks(_with_blackbox(**near, square_images=200)))[key]['passed']
+  assert not _by_name(M.gradient_masking_checks(_with_blackbox(**near, square_images=1000)))[key]['passed']
+
+
+def test_an_attack_weaker_after_more_queries_fails():
+  bad_q = dict(GOOD, queries_acc=np.tile([0.9, 0.4, 0.3, 0.5], (3, 1)))    # 0.5 after the budget > 0.3 after 100
+  c = _by_name(M.gradient_masking_checks(_with_blackbox(**bad_q)))['more_queries[square_linf_queries]']
+  assert not c['passed'] and 'queries=100' in c['detail'], c
+  bad_h = dict(GOOD, hsj_median=[[0.10, 0.08, 0.09], [0.11, 0.09, 0.10], [0.12, 0.08, 0.095]])
+  c = _by_name(M.gradient_masking_checks(_with_blackbox(**bad_h)))['more_queries[hopskipjump]']
+  assert not c['passed'] and 'budget=5000' in c['detail'], c
+
+
+def test_hopskipjump_seeds_without_a_median_are_left_out_and_said():
+  some = dict(GOOD, hsj_median=[[None, 0.08, 0.07], [0.11, 0.09, 0.08], [0.12, 0.08, 0.075]])
+  c = _by_name(M.gradient_masking_checks(_with_blackbox(**some)))['more_queries[hopskipjump]']
+  assert c['passed'] and '1 seed(s) without a success' in c['detail'], c
+  none = dict(GOOD, hsj_median=[[None, None, 0.07]] * 3)
+  assert 'more_queries[hopskipjump]' not in _by_name(M.gradient_masking_checks(_with_blackbox(**none)))
+
+
+def test_a_record_with_only_blackbox_attacks_gets_its_checks_derived():
+  from pixelreg_jax.evaluation import masking_checks
+  r = _with_blackbox(**GOOD)
+  r['results'] = {k: v for k, v in r['results'].items() if not k.startswith('pgd_')}
+  derived = masking_checks.derive(r)
+  assert derived and {c['check'] for c in derived['checks']} == {
+      'more_queries[square_linf_queries]', 'more_queries[hopskipjump]'}
+  assert masking_checks.derive({'results': {'gaussian': _entry([0, 1], [[1, 0.5]])}}) is None

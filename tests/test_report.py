@@ -388,3 +388,62 @@ def test_grid_selects_the_best_noise_score_within_the_accuracy_drop(tmp_path):
   md = (tmp_path / 'grid' / 'grid.md').read_text()
   assert '| 4 | 0.2 | 0.890 | 0.600 | 0.700 | 0.800 | 0.700 | **selected** |' in md
   assert '| 10 | 0.2 | 0.850 | 0.900 | 0.900 | 0.900 | 0.900 | clean acc. more than 2% below α=0 |' in md
+
+
+# -- black-box attacks and certified accuracy ------------------------------------------------------
+
+SQUARE = {'attack': 'square', 'lp': 'linf', 'n_queries': 1000, 'p_init': 0.8, 'loss': 'margin', 'redraw': True}
+
+
+def _blackbox_record(workdir, alpha, hsj_median, square_acc, certified):
+  """2 seeds: HopSkipJump L2 medians [2][3] at budgets 100/1000/10000, Square L∞ accuracy [2][3] at
+  ε 0/0.1/0.2 and after 0/10/1000 queries at ε = 0.2 (the same rows), smoothing's certified accuracy
+  [2][1][2] at σ = 0.25, radii 0 and 0.5, white-box PGD L∞ 0.9/0.5/0.1 on every seed."""
+  n, k = 100, len(hsj_median)
+  results = {
+      'pgd_linf': _curve([0.0, 0.1, 0.2], [[0.9, 0.5, 0.1]] * k, LINF),
+      'square_linf': dict(_curve([0.0, 0.1, 0.2], square_acc), settings=SQUARE, num_images=n),
+      'square_linf_queries': dict(_curve([0, 10, 1000], square_acc), settings=dict(SQUARE, eps=0.2), num_images=n),
+      'hopskipjump': {'kind': 'decision_distance', 'attack': 'hopskipjump', 'norm': 'l2', 'budgets': [100, 1000, 10000],
+                      'num_images': n, 'bounds': [0.0, 1.0], 'distance': 'RMS', 'median': hsj_median,
+                      'successful': [[n - 1] * 3] * k, 'not_adversarial': [[0] * 3] * k, 'no_start': [1] * k,
+                      'mean_queries': [9000.0] * k},
+      'smoothing': {'kind': 'certified', 'num_images': 4, 'n0': 100, 'n': 1000, 'alpha': 0.001, 'noise': 'N(0, σ²I)',
+                    'sigmas': [0.25], 'radii': [0.0, 0.5], 'certified_accuracy': certified,
+                    'radius': [[[0.1, 0.6, None, 0.0]]] * k, 'abstained': [[1]] * k}}
+  return {'format': 2, 'workdir': str(workdir), 'dataset': 'fashion_mnist', 'seeds': list(range(k)), 'alpha': alpha,
+          'threshold': 0.8, 'reg_dataset': 'fashion_mnist', 'num_images': n, 'num_classes': 10,
+          'clean_accuracy': [0.9] * k, 'results': results}
+
+
+def test_blackbox_and_certified_results_get_figures_tables_and_checks(tmp_path):
+  """Unregularized: HopSkipJump medians 0.10/0.08/0.06 and 0.20/0.16/0.12 -> 0.15 ± 0.05, 0.12 ± 0.04,
+  0.09 ± 0.03; Square [0.9, 0.6, 0.2] on both seeds (never below PGD's 0.9/0.5/0.1: passes); certified
+  accuracy [0.5, 0.25] and [0.75, 0.25] -> 0.625 ± 0.125 and 0.25 ± 0. Regularized: Square [0.9, 0.4,
+  0.0] falls below PGD (0.4 < 0.5 at ε = 0.1): pgd_below_blackbox FAILS; its HopSkipJump medians rise
+  with the budget (0.1 -> 0.2): more_queries FAILS."""
+  unreg = _blackbox_record(tmp_path / 'u', 0.0, [[0.10, 0.08, 0.06], [0.20, 0.16, 0.12]], [[0.9, 0.6, 0.2]] * 2,
+                           [[[0.5, 0.25]], [[0.75, 0.25]]])
+  reg = _blackbox_record(tmp_path / 'r', 1.0, [[0.1, 0.15, 0.2]] * 2, [[0.9, 0.4, 0.0]] * 2, [[[0.5, 0.5]]] * 2)
+  agg = report.write_report(_write([unreg, reg]), str(tmp_path / 'out'), title='black-box')
+  u = agg['unregularized']
+  np.testing.assert_allclose([c['mean'] for c in u['hopskipjump']['median']], [0.15, 0.12, 0.09])
+  np.testing.assert_allclose([c['sem'] for c in u['hopskipjump']['median']], [0.05, 0.04, 0.03])
+  cert = u['smoothing']['certified_accuracy'][0]
+  np.testing.assert_allclose(cert['mean'], [0.625, 0.25])
+  np.testing.assert_allclose(cert['sem'], [0.125, 0.0], atol=1e-12)
+  for name in ('robustness_blackbox.png', 'robustness_certified.png', 'robustness_whitebox.png'):
+    png = (tmp_path / 'out' / name).read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10000, name
+  assert not (tmp_path / 'out' / 'robustness.png').exists()   # Square is not one of the paper's attacks
+  md = (tmp_path / 'out' / 'robustness.md').read_text()
+  assert '**Square L∞ ε, 1000 queries** (`square_linf`, 100 images)' in md
+  assert '**Square L∞ queries, ε = 0.2** (`square_linf_queries`, 100 images)' in md
+  assert '| unregularized | 2 | 0.1500 ± 0.0500 | 0.1200 ± 0.0400 | 0.0900 ± 0.0300 | 198 of 200 | 2 |' in md
+  assert '| unregularized | 2 | 0.625 ± 0.125 | 0.250 ± 0.000 | 1.0 ± 0.0 |' in md
+  rows, verdict = _masking_rows(md, 'unregularized')
+  assert verdict.endswith('all 5 checks passed'), verdict
+  rows, verdict = _masking_rows(md, REG.replace('α=4, Th=0.2, by mnist', 'α=1, Th=0.8, by fashion_mnist'))
+  assert rows['pgd_below_blackbox[pgd_linf vs square_linf]'] == '**FAILED**'
+  assert rows['more_queries[hopskipjump]'] == '**FAILED**'
+  assert rows['more_queries[square_linf_queries]'] == 'passed'

@@ -38,6 +38,19 @@ check that the record has the curves for (a check whose attacks are missing is l
   more_restarts[<a> -> <b>]   or more restarts (steps ≥) never has higher accuracy;
   more_steps_restarts[...]    both more.
 
+And where the record has black-box attacks (``evaluation.square``, ``evaluation.hopskipjump``):
+
+  pgd_below_blackbox[<pgd> vs <square>]   PGD accuracy ≤ the score-based Square attack's of the
+                              same norm at equal ε (Square's levels inside PGD's grid): a black-box
+                              attack beating the white-box one is the classic sign of masked
+                              gradients (Athalye et al. 2018, §3.1). Both attack the first images
+                              of the evaluated set; the tolerance's one image is of the smaller set.
+  more_queries[<square>_queries]  Square's accuracy after its whole budget ≤ after every smaller
+                              query count;
+  more_queries[<hopskipjump>] HopSkipJump's median distance at its largest budget ≤ at every smaller
+                              budget (seeds where a budget has no success left out): a black-box
+                              attack never gets weaker with more queries.
+
 Tolerance ("never higher"): the comparisons are paired over seeds (same seeds, same images): at a
 level, attack a exceeds attack b if mean_k(a_k − b_k) > max(1/N, z·SEM_k(a_k − b_k)), i.e. by
 more than one image (N from ``num_images``, else 0) and more than ``z`` (default 2) standard errors
@@ -103,13 +116,13 @@ def _excess(record: Record, a: np.ndarray, b: np.ndarray, z: float):
 
 
 def _not_above(record: Record, name: str, a_name: str, a: np.ndarray, b_name: str, b: np.ndarray,
-               levels: np.ndarray, z: float) -> dict:
-  """Check 'a ≤ b at every level (within the tolerance)'."""
+               levels: np.ndarray, z: float, level: str = 'ε') -> dict:
+  """Check 'a ≤ b at every level (within the tolerance)'; ``level`` names the levels in the detail."""
   bad, mean, tol = _excess(record, a, b, z)
   am, bm = a.mean(0), b.mean(0)
   if bad.any():
     i = int(np.argmax(np.where(bad, mean - tol, -np.inf)))
-    detail = (f'{a_name} {am[i]:.4f} > {b_name} {bm[i]:.4f} at ε={levels[i]:.4g} (excess {mean[i]:.4f}, '
+    detail = (f'{a_name} {am[i]:.4f} > {b_name} {bm[i]:.4f} at {level}={levels[i]:.4g} (excess {mean[i]:.4f}, '
               f'tolerance {tol[i]:.4f}); {int(bad.sum())} of {len(levels)} level(s)')
   else:
     detail = (f'{a_name} ≤ {b_name} at all {len(levels)} level(s) ≤ {levels.max():.4g} '
@@ -132,6 +145,53 @@ def _compare_to(record: Record, check: str, name: str, pgd: dict, reference: str
   if not len(levels):
     return None
   return _not_above(record, f'{check}[{name}]', name, _at(pgd, levels), reference, _at(ref, levels), levels, z)
+
+
+def blackbox_attacks(record: Record) -> dict[str, dict]:
+  """The black-box results of ``record``: Square curves (settings ``attack`` 'square'; the
+  accuracy-vs-queries curves hold ``eps``) and HopSkipJump distances (kind 'decision_distance')."""
+  return {name: r for name, r in record.get('results', {}).items()
+          if r.get('kind') == 'decision_distance' or (r.get('kind') == 'curve'
+                                                      and r.get('settings', {}).get('attack') == 'square')}
+
+
+def _pgd_below_blackbox(record: Record, pgds: dict[str, dict], z: float) -> list[dict]:
+  out = []
+  squares = {n: e for n, e in blackbox_attacks(record).items() if e['kind'] == 'curve' and 'eps' not in e['settings']}
+  for name, pgd in pgds.items():
+    for sq_name, sq in squares.items():
+      levels = _shared_levels(pgd, sq)
+      if sq['settings'].get('lp') != pgd['settings']['norm'] or not len(levels):
+        continue
+      images = min(e.get('num_images') or record.get('num_images') or 0 for e in (pgd, sq))
+      out.append(_not_above({'num_images': images}, f'pgd_below_blackbox[{name} vs {sq_name}]', name,
+                            _at(pgd, levels), sq_name, _at(sq, levels), levels, z))
+  return out
+
+
+def _more_queries(record: Record, z: float) -> list[dict]:
+  out = []
+  for name, e in blackbox_attacks(record).items():
+    if e['kind'] == 'curve' and 'eps' in e['settings']:
+      levels, acc = _curve(e)
+      images = {'num_images': e.get('num_images') or record.get('num_images')}
+      out.append(_not_above(images, f'more_queries[{name}]', f'accuracy after {int(levels[-1])} queries',
+                            np.repeat(acc[:, -1:], acc.shape[1] - 1, 1), 'after fewer', acc[:, :-1], levels[:-1], z,
+                            'queries'))
+    elif e['kind'] == 'decision_distance' and len(e['budgets']) > 1:
+      med = np.array([[np.nan if v is None else v for v in m] for m in e['median']], np.float64)   # [K, NB]
+      budgets = np.asarray(e['budgets'], np.float64)
+      keep = np.isfinite(med).all(1)
+      if not keep.any():
+        continue
+      med = med[keep]
+      check = _not_above({}, f'more_queries[{name}]', f'median distance at {int(budgets[-1])} queries',
+                         np.repeat(med[:, -1:], med.shape[1] - 1, 1), 'at fewer', med[:, :-1], budgets[:-1], z,
+                         'budget')
+      if not keep.all():
+        check['detail'] += f'; {int((~keep).sum())} seed(s) without a success at some budget left out'
+      out.append(check)
+  return out
 
 
 def _strength_pairs(pgds: dict[str, dict]) -> list[tuple[str, str, str]]:
@@ -183,7 +243,7 @@ def gradient_masking_checks(record: Record, z: float = 2.0, final_margin: float 
     levels = _shared_levels(pgds[weak], pgds[strong])
     out.append(_not_above(record, f'{kind}[{weak} -> {strong}]', strong, _at(pgds[strong], levels), weak,
                           _at(pgds[weak], levels), levels, z))
-  return out
+  return out + _pgd_below_blackbox(record, pgds, z) + _more_queries(record, z)
 
 
 def all_passed(checks: Sequence[dict]) -> bool:

@@ -1,6 +1,7 @@
 """The gradient-masking checks (``attacks.masking``), result kind 'gradient_masking_checks'.
 
-A derived result: no evaluator computes it; whenever a record holds white-box PGD curves,
+A derived result: no evaluator computes it; whenever a record holds white-box PGD curves or
+black-box attacks (Square, HopSkipJump),
 ``evaluate`` adds ``record['results']['gradient_masking_checks'] = {'kind':
 'gradient_masking_checks', 'checks': [{'check', 'passed', 'detail'}]}`` after the evaluators ran.
 ``report`` runs the checks again on each model's pooled record (its runs' seeds concatenated attack
@@ -21,10 +22,9 @@ KIND = 'gradient_masking_checks'
 
 
 def derive(record: dict) -> Optional[dict]:
-  """The checks of a record with white-box PGD curves, else None."""
-  if not masking.pgd_attacks(record):
-    return None
-  return {'kind': KIND, 'checks': masking.gradient_masking_checks(record)}
+  """The checks of a record with white-box PGD curves or black-box attacks, else None."""
+  checks = masking.gradient_masking_checks(record)
+  return {'kind': KIND, 'checks': checks} if checks else None
 
 
 def _failed(result: dict) -> list[str]:

@@ -14,6 +14,8 @@ into ``--out``:
   robustness.png              noise attacks, transferred FGSM and the Boundary score (Fig. 2/3)
   robustness_whitebox.png     white-box PGD, a panel per variant, a row per norm    (if evaluated)
   robustness_corruptions.png  accuracy per corruption, mean over severities         (if evaluated)
+  robustness_blackbox.png     Square (accuracy vs ε and vs queries), HopSkipJump (distance vs budget)  (if evaluated)
+  robustness_certified.png    randomized smoothing: certified accuracy vs radius, per σ (if evaluated)
   robustness.md               the tables (sections: ``tables.markdown_report``)
   summary.json                the aggregate (``aggregate.aggregate``), strict JSON: null where undefined
 
@@ -43,14 +45,15 @@ from absl import logging
 from pixelreg_jax import jsonio
 from pixelreg_jax.errors import ReportError
 from pixelreg_jax.report.aggregate import aggregate, baseline_label, model_entry, pooled_record
-from pixelreg_jax.report.figures import plot, plot_corruptions, plot_whitebox
+from pixelreg_jax.report.figures import plot, plot_blackbox, plot_certified, plot_corruptions, plot_whitebox
 from pixelreg_jax.report.grid import grid, grid_table, write_grid
 from pixelreg_jax.report.records import default_label, load_records, unique_workdirs, upgrade
 from pixelreg_jax.report.tables import markdown_report
 
 FIGURES: list[tuple[str, Callable[..., bool]]] = [
     ('robustness.png', plot), ('robustness_whitebox.png', plot_whitebox),
-    ('robustness_corruptions.png', plot_corruptions)]
+    ('robustness_corruptions.png', plot_corruptions), ('robustness_blackbox.png', plot_blackbox),
+    ('robustness_certified.png', plot_certified)]
 
 
 def write_report(workdirs: Sequence[str], out: str, labels: Optional[Sequence[str]] = None,
@@ -81,5 +84,5 @@ def write_report(workdirs: Sequence[str], out: str, labels: Optional[Sequence[st
 
 
 __all__ = ['FIGURES', 'aggregate', 'baseline_label', 'default_label', 'grid', 'grid_table', 'load_records',
-           'markdown_report', 'model_entry', 'plot', 'plot_corruptions', 'plot_whitebox', 'pooled_record',
-           'unique_workdirs', 'upgrade', 'write_grid', 'write_report']
+           'markdown_report', 'model_entry', 'plot', 'plot_blackbox', 'plot_certified', 'plot_corruptions',
+           'plot_whitebox', 'pooled_record', 'unique_workdirs', 'upgrade', 'write_grid', 'write_report']

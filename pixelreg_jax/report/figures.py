@@ -4,6 +4,9 @@
                               transferred FGSM (mean line, ± SEM band), and the Boundary score bars
   robustness_whitebox.png     white-box PGD: a panel per variant, a row per norm
   robustness_corruptions.png  accuracy per corruption, mean over severities (grouped bars)
+  robustness_blackbox.png     beyond the paper's Boundary attack: Square (accuracy vs ε per norm,
+                              accuracy vs queries) and HopSkipJump (median distance vs query budget)
+  robustness_certified.png    randomized smoothing: certified accuracy vs L2 radius, a panel per σ
 
 Each ``plot*`` returns False (and writes nothing) when no model has its results. Every title names
 the dataset(s) (``titled``). matplotlib is imported when the first figure is drawn.
@@ -46,6 +49,36 @@ def is_pgd(entry: dict) -> bool:
   return 'norm' in entry.get('settings', {})
 
 
+def is_square(entry: dict) -> bool:
+  """A Square attack's curve (``evaluation.square``): settings of attack 'square'."""
+  return entry.get('settings', {}).get('attack') == 'square'
+
+
+def square_title(name: str, entry: dict) -> str:
+  """'Square L∞ ε, 1000 queries' or, for the accuracy-vs-queries curve, 'Square L∞ queries, ε = 0.3'."""
+  s = entry['settings']
+  norm = NORM_NAMES.get(s['lp'], s['lp'])
+  if 'eps' in s:
+    return f'Square {norm} queries, ε = {s["eps"]:.3g}'
+  return f'Square {norm} ε, {s["n_queries"]} queries'
+
+
+def square_order(agg: dict) -> list[tuple[str, dict]]:
+  """(name, an entry) of every Square curve of the models: the ε curves, then the queries curves."""
+  found: dict[str, dict] = {}
+  for e in agg.values():
+    for name, a in e.get('attacks', {}).items():
+      if is_square(a):
+        found.setdefault(name, a)
+  return sorted(found.items(), key=lambda item: ('eps' in item[1]['settings'], item[0]))
+
+
+def entries_of(agg: dict, field: str) -> list[str]:
+  """The names of the model entries' results holding ``field`` (e.g. 'budgets': HopSkipJump's,
+  'certified_accuracy': randomized smoothing's), in first-seen order."""
+  return list(dict.fromkeys(n for e in agg.values() for n, v in e.items() if isinstance(v, dict) and field in v))
+
+
 def attack_title(name: str, entry: dict) -> str:
   """'Gaussian noise σ', …, or e.g. 'White-box PGD L∞ ε, 40 steps × 5 restarts' from the PGD settings."""
   s = entry.get('settings', {})
@@ -62,12 +95,12 @@ def attack_title(name: str, entry: dict) -> str:
 
 
 def attack_order(agg: dict, pgd: bool) -> list[tuple[str, dict]]:
-  """(name, an entry) of every attack of the models: the paper's first, then the others; PGD sorted
-  by norm, steps, restarts."""
+  """(name, an entry) of every curve of the models but Square's: the paper's first, then the others;
+  PGD sorted by norm, steps, restarts."""
   found: dict[str, dict] = {}
   for e in agg.values():
     for name, a in e.get('attacks', {}).items():
-      if is_pgd(a) == pgd:
+      if is_pgd(a) == pgd and not is_square(a):
         found.setdefault(name, a)
   if pgd:
     norms = list(NORM_NAMES)
@@ -102,7 +135,8 @@ def short_labels(labels: Sequence[str]) -> list[str]:
 
 
 def _curve_panel(ax, agg: dict, name: str, colors: dict[str, str], xlabel: str) -> None:
-  """Accuracy vs level of attack ``name``: mean line and ± SEM band per model."""
+  """Accuracy vs level of attack ``name``: mean line and ± SEM band per model (a symmetric-log x
+  axis for Square's query counts)."""
   for label, e in agg.items():
     if name not in e.get('attacks', {}):
       continue
@@ -110,6 +144,9 @@ def _curve_panel(ax, agg: dict, name: str, colors: dict[str, str], xlabel: str) 
     x, m, s = np.asarray(a['levels']), np.asarray(a['mean']), np.asarray(a['sem'])
     ax.plot(x, m, color=colors[label], label=f'{label} (n={e["n"]})')
     ax.fill_between(x, m - s, m + s, color=colors[label], alpha=0.25)
+  first = next((e['attacks'][name] for e in agg.values() if name in e.get('attacks', {})), {})
+  if is_square(first) and 'eps' in first['settings']:
+    ax.set_xscale('symlog', linthresh=1)
   ax.set_xlabel(xlabel)
   ax.set_ylabel('accuracy')
   ax.set_ylim(0, 1)
@@ -252,3 +289,81 @@ def plot_corruptions(agg: dict, path: str, title: Optional[str] = None) -> bool:
   plt.close(fig)
   return True
 
+
+
+def _decision_panel(ax, agg: dict, name: str, colors: dict[str, str]) -> None:
+  """HopSkipJump ``name``: the median distance vs query budget, mean ± SEM over seeds per model
+  (log axes; a budget where a seed had no success is left out)."""
+  norm = ''
+  for label, e in agg.items():
+    if name not in e:
+      continue
+    h = e[name]
+    norm = NORM_NAMES.get(h['norm'], h['norm'])
+    pts = [(b, c['mean'], c['sem']) for b, c in zip(h['budgets'], h['median']) if c['mean'] is not None]
+    if pts:
+      b, m, s = map(np.asarray, zip(*pts))
+      ax.errorbar(b, m, yerr=s, color=colors[label], marker='o', capsize=3, label=f'{label} (n={e["n"]})')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel(f'HopSkipJump {norm}: query budget')
+  ax.set_ylabel(f'median {norm} distance (higher = more robust)')
+  ax.grid(alpha=0.3, which='both')
+
+
+def plot_blackbox(agg: dict, path: str, title: Optional[str] = None) -> bool:
+  """The black-box attacks beyond the paper's Boundary: a panel per Square curve (accuracy vs ε
+  per norm, accuracy vs queries) and per HopSkipJump norm (median distance vs budget), mean ± SEM
+  over seeds per model. False (nothing written) without such results."""
+  squares = square_order(agg)
+  decisions = entries_of(agg, 'budgets')
+  panels = len(squares) + len(decisions)
+  if not panels:
+    return False
+  plt = _pyplot()
+  ncols = min(panels, 3)
+  nrows = math.ceil(panels / ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.4 * nrows + 0.5), squeeze=False)
+  colors = _colors(plt, agg)
+  flat = list(axes.ravel())
+  for ax, (name, a) in zip(flat, squares):
+    _curve_panel(ax, agg, name, colors, square_title(name, a))
+  for ax, name in zip(flat[len(squares):], decisions):
+    _decision_panel(ax, agg, name, colors)
+  for ax in flat[panels:]:
+    ax.axis('off')
+  _save(fig, flat[:panels], path, f'{titled(title, agg)}: black-box attacks, mean ± SEM over seeds')
+  plt.close(fig)
+  return True
+
+
+def plot_certified(agg: dict, path: str, title: Optional[str] = None) -> bool:
+  """Randomized smoothing: certified accuracy vs L2 radius, a panel per σ (mean line and ± SEM band
+  per model). False (nothing written) without such results."""
+  names = entries_of(agg, 'certified_accuracy')
+  if not names:
+    return False
+  name = names[0]
+  sigmas = list(dict.fromkeys(c['sigma'] for e in agg.values() if name in e for c in e[name]['certified_accuracy']))
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(sigmas), figsize=(4 * len(sigmas), 3.8), squeeze=False)
+  colors = _colors(plt, agg)
+  settings = set()
+  for ax, sigma in zip(axes[0], sigmas):
+    for label, e in agg.items():
+      c = next((c for c in e.get(name, {}).get('certified_accuracy', []) if c['sigma'] == sigma), None)
+      if c is None:
+        continue
+      r, m, s = (np.asarray(v, np.float64) for v in (e[name]['radii'], c['mean'], c['sem']))
+      ax.plot(r, m, color=colors[label], label=f'{label} (n={e["n"]})')
+      ax.fill_between(r, m - s, m + s, color=colors[label], alpha=0.25)
+      settings.add(f'n = {e[name]["n"]}, α = {e[name]["alpha"]:g}, {e[name]["num_images"]} images')
+    ax.set_title(f'σ = {sigma:g}', fontsize=10)
+    ax.set_xlabel('L2 radius r')
+    ax.set_ylabel('certified accuracy')
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+  heading = f'certified accuracy (randomized smoothing, {" / ".join(sorted(settings))}), mean ± SEM over seeds'
+  _save(fig, axes[0], path, f'{titled(title, agg)}: {heading}')
+  plt.close(fig)
+  return True

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-from pixelreg_jax.report.figures import attack_order, attack_title, titled
+from pixelreg_jax.report.figures import (NORM_NAMES, attack_order, attack_title, entries_of, is_square, square_order,
+                                         square_title, titled)
 
 
 def _pm(cell: Optional[dict], fmt: str = '.3f', sem_fmt: Optional[str] = None) -> str:
@@ -57,7 +58,8 @@ def _curve_tables(agg: dict, attacks: Sequence[tuple[str, dict]]) -> list[str]:
   for name, first in attacks:
     rows = [(label, e['attacks'][name], e['n']) for label, e in agg.items() if name in e.get('attacks', {})]
     images = first.get('num_images')
-    lines.append(f'**{attack_title(name, first)}**' + (f' (`{name}`, {images} images)' if images else '') + '\n')
+    title = square_title(name, first) if is_square(first) else attack_title(name, first)
+    lines.append(f'**{title}**' + (f' (`{name}`, {images} images)' if images else '') + '\n')
     levels = rows[0][1]['levels']
     lines += _table(['model', 'n'] + [f'{l:.3g}' for l in levels],
                     [[label, n] + [_pm({'mean': m, 'sem': s}) for m, s in zip(a['mean'], a['sem'])]
@@ -126,6 +128,55 @@ def _masking_section(agg: dict) -> list[str]:
   return lines
 
 
+def _blackbox_section(agg: dict) -> list[str]:
+  """Square's curves (accuracy, as every curve) and HopSkipJump's median distance per budget."""
+  squares = square_order(agg)
+  decisions = entries_of(agg, 'budgets')
+  if not squares and not decisions:
+    return []
+  lines = ['## Black-box attacks beyond the paper (robustness_blackbox.png)', '']
+  if squares:
+    lines += ['Square (score-based; accuracy after the query budget, or after each query count at one ε), mean ± SEM '
+              'over seeds:', ''] + _curve_tables(agg, squares)
+  for name in decisions:
+    items = [(label, e[name], e['n']) for label, e in agg.items() if name in e]
+    h = items[0][1]
+    lines.append(f'**HopSkipJump {NORM_NAMES.get(h["norm"], h["norm"])}** (`{name}`, {h["num_images"]} images): '
+                 'median distance of the closest adversarial example found within each query budget, in [0, 1] '
+                 'units (L2: RMS pixel change), mean ± SEM over seeds; higher = more robust\n')
+    rows = [[label, n] + [_pm(c, '.4f') for c in r['median']]
+            + [f'{r["successful"][-1]} of {r["attacked"]}', r['no_start']] for label, r, n in items]
+    lines += _table(['model', 'n'] + [f'{b} queries' for b in h['budgets']] + ['successful (largest budget)',
+                                                                              'no start'], rows)
+  return lines
+
+
+def _certified_section(agg: dict) -> list[str]:
+  """Randomized smoothing: per σ, the certified accuracy at each radius (model × radius)."""
+  names = entries_of(agg, 'certified_accuracy')
+  if not names:
+    return []
+  name = names[0]
+  items = [(label, e[name], e['n']) for label, e in agg.items() if name in e]
+  c = items[0][1]
+  lines = ['## Certified L2 robustness (robustness_certified.png)', '',
+           f'Randomized smoothing (Cohen et al. 2019, CERTIFY): n0 = {c["n0"]}, n = {c["n"]} noise samples per image, '
+           f'each certificate holds with probability ≥ {1 - c["alpha"]:g}; {c["num_images"]} images. Certified accuracy '
+           '= the fraction of images the smoothed model classifies correctly with a certified radius ≥ r (abstentions '
+           'count as wrong); mean ± SEM over seeds.', '']
+  sigmas = list(dict.fromkeys(p['sigma'] for _, r, _ in items for p in r['certified_accuracy']))
+  for sigma in sigmas:
+    rows = []
+    for label, r, n in items:
+      p = next((p for p in r['certified_accuracy'] if p['sigma'] == sigma), None)
+      if p is not None:
+        rows.append([label, n] + [_pm({'mean': m, 'sem': s}) for m, s in zip(p['mean'], p['sem'])]
+                    + [_pm(p['abstained'], '.1f')])
+    lines.append(f'**σ = {sigma:g}**\n')
+    lines += _table(['model', 'n'] + [f'r = {v:g}' for v in c['radii']] + ['abstained (images)'], rows)
+  return lines
+
+
 def _severity_text(s: Sequence[int]) -> str:
   return f'{s[0]}–{s[-1]}' if len(s) > 1 and list(s) == list(range(s[0], s[-1] + 1)) else ', '.join(map(str, s))
 
@@ -170,6 +221,8 @@ def markdown_report(agg: dict, title: Optional[str] = None) -> str:
                               not adversarial)
     ## White-box PGD          a table per variant (model × ε); each model against the baseline
                               (``masking.comparison_markdown``)
+    ## Black-box attacks   Square's curves (model × ε, model × queries); HopSkipJump: model × budget
+    ## Certified L2 robustness  per σ, model × radius: certified accuracy
     ## Gradient-masking checks  per model a verdict line and check | result | detail (**FAILED**)
     ## Common corruptions     corruption | severities | accuracy per model, a mean row; the CE per
                               corruption, mCE and relative mCE per model against the baseline
@@ -178,6 +231,7 @@ def markdown_report(agg: dict, title: Optional[str] = None) -> str:
   paper = _curve_tables(agg, attack_order(agg, pgd=False)) + _boundary_section(agg)
   if paper:
     lines += ['## Paper attacks (robustness.png)', ''] + paper
-  lines += _whitebox_section(agg) + _masking_section(agg) + _corruption_section(agg)
+  lines += (_whitebox_section(agg) + _blackbox_section(agg) + _certified_section(agg) + _masking_section(agg)
+            + _corruption_section(agg))
   return '\n'.join(lines).rstrip('\n') + '\n'
 
