@@ -8,8 +8,16 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-from pixelreg_jax.report.figures import (NORM_NAMES, attack_order, attack_title, entries_of, is_square, square_order,
-                                         square_title, titled)
+from pixelreg_jax.report.figures import (
+  NORM_NAMES,
+  attack_order,
+  attack_title,
+  entries_of,
+  is_square,
+  square_order,
+  square_title,
+  titled,
+)
 
 
 def _pm(cell: Optional[dict], fmt: str = '.3f', sem_fmt: Optional[str] = None) -> str:
@@ -161,9 +169,9 @@ def _certified_section(agg: dict) -> list[str]:
   c = items[0][1]
   lines = ['## Certified L2 robustness (robustness_certified.png)', '',
            f'Randomized smoothing (Cohen et al. 2019, CERTIFY): n0 = {c["n0"]}, n = {c["n"]} noise samples per image, '
-           f'each certificate holds with probability ≥ {1 - c["alpha"]:g}; {c["num_images"]} images. Certified accuracy '
-           '= the fraction of images the smoothed model classifies correctly with a certified radius ≥ r (abstentions '
-           'count as wrong); mean ± SEM over seeds.', '']
+           f'each certificate holds with probability ≥ {1 - c["alpha"]:g}; {c["num_images"]} images. Certified '
+           'accuracy = the fraction of images the smoothed model classifies correctly with a certified radius ≥ r '
+           '(abstentions count as wrong); mean ± SEM over seeds.', '']
   sigmas = list(dict.fromkeys(p['sigma'] for _, r, _ in items for p in r['certified_accuracy']))
   for sigma in sigmas:
     rows = []
