@@ -24,7 +24,7 @@ import numpy as np
 from absl import flags, logging
 from scipy import stats
 
-from pixelreg_jax import cli, jsonio, rundir, similarity
+from pixelreg_jax import cli, jsonio, regularizers, rundir, similarity
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax.errors import ConfigError
@@ -67,9 +67,10 @@ def model_similarity_matrices(run: rundir.Run, variables: dict, images01: jax.Ar
   """Per-tap similarity matrices [T, N, N] and the combined S^model [N, N] of one model.
 
   Each tap's features are centred by the checkpoint's running mean, flattened and
-  L2-normalised; a Gram matrix of the normalised rows gives every pair's cosine at once.
+  L2-normalised; a Gram matrix of the normalised rows gives every pair's cosine at once. The
+  images are regularization images: normalised as training normalised them (``regularizers.family``).
   """
-  family = run.family
+  family = regularizers.family(run.config)
   means = [variables['sim_stats'][f'running_mean_{t}'] for t in range(5)]
 
   @jax.jit

@@ -63,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.reg.split = 'train'
   c.reg.num_images = 5000       # The first N images of the split.
   c.reg.keep_size = False       # Feed them at their own size (e.g. imagenet2012's 36×64), not image_size.
+  c.reg.normalize = 'task'      # Their network normalisation: 'task' (as the classified images) | 'source' (the
+                                # release: by their own dataset, ImageNet as is; docs/method.md §2).
   c.reg.alpha = 10.0            # Regularization strength; 0 = plain cross-entropy.
   c.reg.threshold = 0.8         # Th of eq. 3; 0 = use S^pixel itself (Fig-1 variant).
   c.reg.pairs_per_step = 16
@@ -169,6 +171,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(r.pairs_per_step <= similarity.num_pairs(r.num_images),
          f'config.reg.pairs_per_step={r.pairs_per_step} exceeds the {similarity.num_pairs(r.num_images)} '
          f'pairs of config.reg.num_images={r.num_images}; lower it or use more images')
+  _check(r.normalize in regularizers.NORMALIZE,
+         f'config.reg.normalize={r.normalize!r} is unknown; choose one of {regularizers.NORMALIZE}')
   _check(_finite(r.beta) and 0 <= r.beta < 1, f'config.reg.beta={r.beta!r} must be in [0, 1)')
   _check(_finite(r.eps) and r.eps > 0, f'config.reg.eps={r.eps!r} must be > 0')
   _check(isinstance(c.checkpoint.keep, int) and c.checkpoint.keep >= 1,

@@ -83,6 +83,17 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# The normalisation the release's loaders give each dataset's images when they regularize: their
+# family's, except ImageNet's, whose transform (crop, flip, resize, grayscale, ToTensor) leaves them
+# in [0, 1] ('mnist': as is). config.reg.normalize='source' uses it.
+_RELEASE_FAMILY = {'imagenet32': 'mnist', 'imagenet2012': 'mnist'}
+
+
+def release_family(name: str) -> str:
+  """The family whose normalisation the release applies to ``name``'s images (module comment above)."""
+  return _RELEASE_FAMILY.get(name, get_info(name).family)
+
+
 def get_info(name: str) -> DatasetInfo:
   if name not in DATASETS:
     raise DataError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')

@@ -135,6 +135,7 @@ class PipelineSpec:
   batch_size: int = flax.struct.field(pytree_node=False, default=64)
   pairs_per_step: int = flax.struct.field(pytree_node=False, default=16)
   reg_keep_size: bool = flax.struct.field(pytree_node=False, default=False)
+  reg_family: str = flax.struct.field(pytree_node=False, default='')   # '' = family (config.reg.normalize)
 
 
 def to_network(x: Array, image_size: Optional[int], family: str) -> Array:
@@ -142,9 +143,10 @@ def to_network(x: Array, image_size: Optional[int], family: str) -> Array:
   return normalize(fit_size(x, image_size), family)
 
 
-def network_input(images: Array, spec: PipelineSpec, keep_size: bool = False) -> Array:
-  """uint8 native images -> the network's input (no augmentation)."""
-  return to_network(to_unit(images, spec.channels), None if keep_size else spec.image_size, spec.family)
+def network_input(images: Array, spec: PipelineSpec, keep_size: bool = False, family: str = '') -> Array:
+  """uint8 native images -> the network's input (no augmentation), normalised as ``family``
+  ('' = ``spec.family``, the classified dataset's)."""
+  return to_network(to_unit(images, spec.channels), None if keep_size else spec.image_size, family or spec.family)
 
 
 def epoch_order(key: Array, train_indices: Array, epoch: Array) -> Array:

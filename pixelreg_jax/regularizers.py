@@ -120,9 +120,21 @@ def pair_batch(data: RegData, key: Array, step: Array, threshold, spec: pipe.Pip
     spec: static pipeline settings.
   """
   rows, cols = similarity.pair_indices(key, step, spec.pairs_per_step, data.images.shape[0])
-  return {'reg_a': pipe.network_input(data.images[rows], spec, spec.reg_keep_size),
-          'reg_b': pipe.network_input(data.images[cols], spec, spec.reg_keep_size),
+  return {'reg_a': pipe.network_input(data.images[rows], spec, spec.reg_keep_size, spec.reg_family),
+          'reg_b': pipe.network_input(data.images[cols], spec, spec.reg_keep_size, spec.reg_family),
           'target': similarity.threshold_targets(data.matrix[rows, cols], threshold)}
+
+
+NORMALIZE = ('task', 'source')
+
+
+def family(config: ml_collections.ConfigDict) -> str:
+  """The family whose normalisation the regularization images get (``input_pipeline.normalize``):
+  the classified dataset's (``reg.normalize='task'``), or, as the release's loaders do, their own
+  dataset's, ImageNet's being none (``'source'``: ``data.release_family``)."""
+  if config.reg.get('normalize', 'task') == 'source':
+    return data_lib.release_family(config.reg.dataset)
+  return data_lib.get_info(config.dataset).family
 
 
 def optional(config: ml_collections.ConfigDict, alphas) -> Optional[Regularizer]:

@@ -24,7 +24,7 @@ from flax.training import train_state
 from pixelreg_jax import config as config_lib
 from pixelreg_jax import data as data_lib
 from pixelreg_jax import input_pipeline as pipe
-from pixelreg_jax import models, similarity
+from pixelreg_jax import models, regularizers, similarity
 
 Array = jax.Array
 
@@ -210,4 +210,4 @@ def pipeline_spec(config: ml_collections.ConfigDict) -> pipe.PipelineSpec:
   return pipe.PipelineSpec(image_size=config_lib.input_size(config), channels=config.model.channels,
                            family=data_lib.get_info(config.dataset).family, augment=config.augment,
                            batch_size=config.batch_size, pairs_per_step=config.reg.pairs_per_step,
-                           reg_keep_size=config.reg.keep_size)
+                           reg_keep_size=config.reg.keep_size, reg_family=regularizers.family(config))

@@ -228,3 +228,35 @@ def test_train_batch_gathers_the_right_images_and_pairs():
   # Targets: the matrix entries of the pairs, thresholded at Th = 0.5 (eq. 3).
   raw = matrix[rows, cols]
   np.testing.assert_array_equal(np.asarray(pairs['target']), np.where(raw > 0.5, 1.0, np.where(raw < -0.5, -1.0, 0.0)))
+
+
+@pytest.mark.parametrize('task,source,normalize,scaled', [
+    ('cifar10', 'imagenet32', 'task', True), ('cifar10', 'imagenet32', 'source', False),
+    ('mnist', 'cifar10', 'task', False), ('mnist', 'cifar10', 'source', True),
+    ('cifar10', 'mnist', 'source', False), ('mnist', 'fashion_mnist', 'source', False)])
+def test_regularization_images_are_normalised_by_the_task_or_as_the_release_by_their_source(
+    task, source, normalize, scaled):
+  """config.reg.normalize: 'task' gives the regularization images the classified dataset's
+  normalisation (CIFAR: 5·(x − 0.5), MNIST: as is); 'source' their own dataset's, as the release's
+  loaders do, ImageNet's transform leaving them in [0, 1]. Checked on the luma images in [0, 1] by hand."""
+  from pixelreg_jax import config as config_lib
+  from pixelreg_jax import regularizers, similarity, train
+  c = config_lib.base_config()
+  c.dataset, c.reg.dataset, c.reg.normalize = task, source, normalize
+  c.model.channels = 1
+  spec = train.pipeline_spec(c)
+  shape = data.get_info(source).image_shape
+  reg = np.random.default_rng(0).integers(0, 256, (6,) + shape[:2] + (1,), dtype=np.uint8)
+  pairs = regularizers.pair_batch(regularizers.RegData(jnp.asarray(reg), jnp.zeros((6, 6))), jax.random.PRNGKey(0),
+                                  0, 0.5, spec)
+  rows, _ = (np.asarray(v) for v in similarity.pair_indices(jax.random.PRNGKey(0), 0, spec.pairs_per_step, 6))
+  unit = np.asarray(pipe.fit_size(jnp.asarray(reg[rows] / 255.0, jnp.float32), spec.image_size))
+  np.testing.assert_allclose(np.asarray(pairs['reg_a']), 5 * (unit - 0.5) if scaled else unit, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_normalisation_is_one_line():
+  from pixelreg_jax import config as config_lib
+  c = config_lib.base_config()
+  c.reg.normalize = 'imagenet'
+  with pytest.raises(errors.ConfigError, match=r"config.reg.normalize='imagenet' is unknown; choose one of"):
+    config_lib.validate(c)

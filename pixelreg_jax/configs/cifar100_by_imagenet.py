@@ -3,6 +3,7 @@ epochs; the 32×32 downsampled ImageNet as the source.
 
     python -m pixelreg_jax.main --config=configs/cifar100_by_imagenet.py   # into runs/cifar100_by_imagenet/
     # the unregularized twin: the same with --config.reg.alpha=0 (and another --workdir)
+    # the release feeds the ImageNet images in [0, 1], not 5·(x − 0.5): add --config.reg.normalize=source
 
 The paper reports: more robust to Gaussian noise (Fig. 2c), slightly lower clean accuracy.
 Everything not set here is the paper's (``config.base_config``): width 64, batch 64 + 16 pairs,

@@ -4,6 +4,7 @@ or an imported Imagenet32).
 
     python -m pixelreg_jax.main --config=configs/cifar10_by_imagenet.py   # into runs/cifar10_by_imagenet/
     # the unregularized twin: the same with --config.reg.alpha=0 (and another --workdir)
+    # the release feeds the ImageNet images in [0, 1], not 5·(x − 0.5): add --config.reg.normalize=source
 
 The paper reports: more robust to Gaussian noise (Fig. 2b) and to transferred FGSM (Fig. 3a),
 slightly lower clean accuracy.
