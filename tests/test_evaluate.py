@@ -98,7 +98,7 @@ def test_settings_defaults_are_the_release_protocol():
   s = evaluation.evaluation_config()
   assert (s.num_images, s.first_image, s.batch_size, s.seed, s.source_seed_index) == (0, 0, 500, 0, 0)
   assert s.boundary.to_dict() == {'protocol': 'release', 'images': 1000, 'steps': 50, 'repeats': 5, 'batch': 250,
-                                  'init_tries': 1000}
+                                  'init_tries': 1000, 'images_per_seed': False}
   assert (s.pgd.images, s.corruptions.images, s.corruptions.names) == (0, 0, '')
   evaluation.validate(s)
   assert evaluation.evaluation_config({'boundary.images': 100}).boundary.images == 100
@@ -141,3 +141,28 @@ def test_corruptions_the_dataset_family_lacks_are_refused_before_any_data():
 
 def test_the_report_reads_the_format_evaluate_writes():
   assert report_records.FORMAT == evaluation.FORMAT
+
+
+def test_boundary_images_per_training_seed_as_the_release(trained, monkeypatch):
+  """``boundary.images_per_seed``: seed k attacks its own images, drawn from (eval seed, training
+  seed) without replacement, and the record says so; a model's runs evaluated one way and the other
+  are not pooled."""
+  from pixelreg_jax.evaluation import boundary as boundary_kind
+  wd, host, _ = trained
+  monkeypatch.setattr(evaluation.run.data_lib, 'load_split', lambda *a, **k: (host['test_x'], host['test_y']))
+  picks = []
+  real = boundary_kind.boundary_eval
+  monkeypatch.setattr(boundary_kind, 'boundary_eval', lambda ctx, images: picks.append(images) or real(ctx, images))
+  settings = evaluation.evaluation_config(dict(SMALL, **{'boundary.images_per_seed': True, 'seed': 3}))
+  b = evaluation.evaluate_run(str(wd), ['boundary'], settings, log=lambda s: None)['results']['boundary']
+  assert b['images'] == 'per_seed' and b['num_images'] == 6 and len(b['score']) == 2
+  want = [np.sort(np.random.default_rng([3, k]).choice(40, 6, replace=False)) for k in (0, 1)]
+  assert not np.array_equal(want[0], want[1])
+  np.testing.assert_array_equal(picks[0], np.stack([host['test_x'][w] for w in want]))
+  for seed in range(2):
+    assert [s + n + a for s, n, a in zip(b['successful'][seed], b['no_start'][seed], b['not_adversarial'][seed])] \
+        == [6, 6]
+  shared = dict(b, images='shared')
+  with pytest.raises(errors.ReportError, match='differ in the Boundary images'):
+    boundary_kind.pool('model', 'boundary', [b, shared])
+  assert boundary_kind.pool('model', 'boundary', [b, b])['images'] == 'per_seed'

@@ -1,16 +1,18 @@
 """The decision-based Boundary attack (``attacks.boundary``), result kind 'boundary'.
 
 ``settings.boundary``: protocol 'release' (foolbox 3.3.4 as the release calls it; the default) or
-'strong'; ``images`` random test images (chosen by ``settings.seed``), ``repeats`` repeats of
+'strong'; ``images`` random test images (chosen by ``settings.seed``, one set for every seed; with
+``images_per_seed`` a set per training seed, as the release draws them), ``repeats`` repeats of
 ``steps`` steps; bounds = the whole test set's range. Per seed and repeat the median over the
 successfully attacked images of ‖δ‖²/D; a seed's score is the mean over repeats
 (``attacks.boundary.release_score``; NaN when a repeat had no success, as in the release).
 
-A result: ``{'kind': 'boundary', 'protocol', 'steps', 'repeats', 'num_images', 'bounds',
+A result: ``{'kind': 'boundary', 'protocol', 'steps', 'repeats', 'num_images', 'images' ('shared' or
+'per_seed'), 'bounds',
 'distance', 'score': [K], 'median_per_repeat': [K][R], 'no_start', 'not_adversarial',
 'successful': [K][R] image counts, 'seconds'}``; for RGB models also ``'score_channel0': [K]``, the
 release's statistic for them (the distance of channel 0 only, D = H·W). A model's runs pool by concatenating the seeds
-(same protocol, steps and repeats required); summary.json shows the mean ± SEM of the seeds'
+(same protocol, steps, repeats and image choice required); summary.json shows the mean ± SEM of the seeds'
 scores (undefined if a seed has none) and the excluded images summed over seeds and repeats.
 """
 from __future__ import annotations
@@ -35,10 +37,11 @@ def attack_config(ctx: Context) -> attacks_lib.BoundaryConfig:
 
 
 def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
-  """The Boundary attack on every seed of ``images`` [N, H, W, C] (uint8): per repeat, the median over
-  successful images of ‖δ‖²/D; the score is the mean over repeats (``attacks.boundary.release_score``)."""
+  """The Boundary attack on every seed of ``images`` [N, H, W, C] (uint8; or [K, N, H, W, C], a set
+  per seed): per repeat, the median over successful images of ‖δ‖²/D; the score is the mean over
+  repeats (``attacks.boundary.release_score``)."""
   b, run, cfg = ctx.settings.boundary, ctx.run, attack_config(ctx)
-  (xb,), mb = pipe.pad_to_batches(b.batch, images)
+  per_seed_images = images.ndim == 5
   lo, hi = ctx.bounds
   attack = decision_attack(ctx, lambda predict, k, x, labels, bounds: attacks_lib.boundary_attack(
       predict, k, x, labels, cfg, bounds=bounds), ('distance', 'distance_channel0', 'success', 'no_start'))
@@ -47,6 +50,7 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
   key = ctx.key_for('boundary')
   for s in range(run.num_seeds):
     v = run.seed_variables(s)
+    (xb,), mb = pipe.pad_to_batches(b.batch, images[s] if per_seed_images else images)
     reps = []
     for r in range(b.repeats):
       reps.append(over_batches(attack, v, jax.random.fold_in(key, r), xb, mb))
@@ -56,7 +60,8 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
       channel0.append(attacks_lib.boundary.release_score(np.stack([r['distance_channel0'] for r in reps]),
                                                          success, no_start)['score'])
   out = {'kind': KIND, 'protocol': cfg.protocol, 'steps': cfg.steps, 'repeats': b.repeats,
-         'num_images': int(len(images)), 'bounds': [float(lo), float(hi)],
+         'num_images': int(images.shape[-4]), 'images': 'per_seed' if per_seed_images else 'shared',
+         'bounds': [float(lo), float(hi)],
          'distance': '‖(x̃ − x)/(max − min)‖² / (H·W·C), median over successful images, mean over repeats',
          **{k: [r[k] for r in per_seed] for k in ('score', 'median_per_repeat', *_COUNTS)}}
   if rgb:   # the release's statistic for RGB models: channel 0 only, D = H·W
@@ -64,12 +69,22 @@ def boundary_eval(ctx: Context, images: np.ndarray) -> dict:
   return out
 
 
+def boundary_images(ctx: Context) -> np.ndarray:
+  """Indices of the attacked test images: [N] drawn from ``settings.seed`` (every seed attacks the
+  same), or with ``boundary.images_per_seed`` [K, N], seed k's drawn from (``settings.seed``, its
+  training seed), as the release draws 1000 images anew for each training seed."""
+  n = min(ctx.settings.boundary.images, len(ctx.images))
+  if not ctx.settings.boundary.images_per_seed:
+    return np.sort(np.random.default_rng(ctx.settings.seed).choice(len(ctx.images), n, replace=False))
+  return np.stack([np.sort(np.random.default_rng([ctx.settings.seed, int(seed)]).choice(len(ctx.images), n,
+                                                                                         replace=False))
+                   for seed in ctx.run.seeds])
+
+
 @registry.evaluator('boundary', uses=('settings.boundary',))
 def evaluate_boundary(ctx: Context, record: dict, name: str) -> None:
   t = time.time()
-  rng = np.random.default_rng(ctx.settings.seed)   # the release: random.sample of 1000 test images
-  pick = np.sort(rng.choice(len(ctx.images), min(ctx.settings.boundary.images, len(ctx.images)), replace=False))
-  b = boundary_eval(ctx, ctx.images[pick])
+  b = boundary_eval(ctx, ctx.images[boundary_images(ctx)])
   b['seconds'] = time.time() - t
   record['results'][name] = b
   ctx.log(f'boundary ({b["protocol"]} protocol, {b["num_images"]} images × {b["repeats"]} repeats × '
@@ -88,6 +103,8 @@ def pool(label: str, name: str, results: list[dict]) -> dict:
   """Per-seed lists concatenated; 'images_per_seed' [K] the images each seed was attacked on."""
   out = {'kind': KIND, **{k: registry.agree(label, f'the Boundary {k}', [r.get(k) for r in results])
                          for k in ('protocol', 'steps', 'repeats')}}
+  out['images'] = registry.agree(label, 'the Boundary images (shared or per seed)',
+                                 [r.get('images', 'shared') for r in results])
   out['num_images'] = registry.one_or_all([r['num_images'] for r in results])
   out['images_per_seed'] = [r['num_images'] for r in results for _ in r['score']]
   for k in ('score', 'score_channel0', 'median_per_repeat', *_COUNTS):

@@ -38,6 +38,7 @@ def evaluation_config(overrides: Optional[dict] = None) -> ml_collections.Config
   c.boundary.repeats = 5        # Repeats; the score is the mean over repeats (the release: 5).
   c.boundary.batch = 250        # Images per compiled attack batch.
   c.boundary.init_tries = 1000  # Uniform-noise draws per image to find a start (foolbox: 1000).
+  c.boundary.images_per_seed = False   # Draw the images anew per training seed (the release) instead of one set.
 
   c.pgd = ml_collections.ConfigDict()
   c.pgd.images = 0              # Test images for white-box PGD (0 = the same as the other evaluators).
@@ -102,6 +103,8 @@ def validate(settings: ml_collections.ConfigDict) -> None:
   for key, low in _LOWER_BOUNDS.items():
     if flat[key] < low:
       raise ConfigError(f'eval.{key}={flat[key]}: must be at least {low}')
+  if not isinstance(settings.boundary.images_per_seed, bool):
+    raise ConfigError(f'eval.boundary.images_per_seed={settings.boundary.images_per_seed!r}: true or false')
   if settings.boundary.protocol not in boundary.PROTOCOLS:
     raise ConfigError(f'eval.boundary.protocol={settings.boundary.protocol!r}: choose one of {boundary.PROTOCOLS}')
   unknown = [n for n in corruption_names(settings) if n not in corruptions.CORRUPTIONS]
