@@ -102,7 +102,8 @@ def evaluate_hopskipjump(ctx: Context, record: dict, name: str) -> None:
   record['results'][name] = r
   medians = ', '.join('/'.join('–' if m is None else f'{m:.4g}' for m in seed) for seed in r['median'])
   ctx.log(f'{name} ({r["norm"]}, {r["num_images"]} images, budgets {r["budgets"]}): median distance per budget '
-          f'{medians} (per seed); no start on {r["no_start"]} images, in {r["seconds"]:.1f}s')
+          f'{medians} (per seed); no start on {"/".join(map(str, r["no_start"]))} images (per seed), in '
+          f'{r["seconds"]:.1f}s')
 
 
 # -- the kind ------------------------------------------------------------------------------------
