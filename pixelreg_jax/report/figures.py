@@ -64,13 +64,16 @@ def square_title(name: str, entry: dict) -> str:
 
 
 def square_order(agg: dict) -> list[tuple[str, dict]]:
-  """(name, an entry) of every Square curve of the models: the ε curves, then the queries curves."""
+  """(name, an entry) of every Square curve of the models: the ε curves, then the queries curves,
+  L∞ before L2."""
   found: dict[str, dict] = {}
   for e in agg.values():
     for name, a in e.get('attacks', {}).items():
       if is_square(a):
         found.setdefault(name, a)
-  return sorted(found.items(), key=lambda item: ('eps' in item[1]['settings'], item[0]))
+  norms = list(NORM_NAMES)
+  return sorted(found.items(), key=lambda item: ('eps' in item[1]['settings'], norms.index(item[1]['settings']['lp'])
+                                                 if item[1]['settings']['lp'] in norms else len(norms), item[0]))
 
 
 def entries_of(agg: dict, field: str) -> list[str]:
@@ -294,11 +297,12 @@ def plot_corruptions(agg: dict, path: str, title: Optional[str] = None) -> bool:
 def _decision_panel(ax, agg: dict, name: str, colors: dict[str, str]) -> None:
   """HopSkipJump ``name``: the median distance vs query budget, mean ± SEM over seeds per model
   (log axes; a budget where a seed had no success is left out)."""
-  norm = ''
+  norm, budgets = '', set()
   for label, e in agg.items():
     if name not in e:
       continue
     h = e[name]
+    budgets.update(h['budgets'])
     norm = NORM_NAMES.get(h['norm'], h['norm'])
     pts = [(b, c['mean'], c['sem']) for b, c in zip(h['budgets'], h['median']) if c['mean'] is not None]
     if pts:
@@ -306,8 +310,10 @@ def _decision_panel(ax, agg: dict, name: str, colors: dict[str, str]) -> None:
       ax.errorbar(b, m, yerr=s, color=colors[label], marker='o', capsize=3, label=f'{label} (n={e["n"]})')
   ax.set_xscale('log')
   ax.set_yscale('log')
+  ax.set_xticks(sorted(budgets), [str(b) for b in sorted(budgets)])   # the budgets, not every decade's minor ticks
+  ax.xaxis.set_minor_formatter('')
   ax.set_xlabel(f'HopSkipJump {norm}: query budget')
-  ax.set_ylabel(f'median {norm} distance (higher = more robust)')
+  ax.set_ylabel(f'median {"‖δ‖₂/√D" if norm == "L2" else "‖δ‖∞"}, [0, 1] units (higher = more robust)')
   ax.grid(alpha=0.3, which='both')
 
 
