@@ -54,23 +54,21 @@ def is_square(entry: dict) -> bool:
   return entry.get('settings', {}).get('attack') == 'square'
 
 
-def square_title(name: str, entry: dict) -> str:
-  """'Square L∞ ε, 1000 queries' or, for the accuracy-vs-queries curve, 'Square L∞ queries, ε = 0.3'."""
-  s = entry['settings']
-  norm = NORM_NAMES.get(s['lp'], s['lp'])
-  if 'eps' in s:
-    return f'Square {norm} queries, ε = {s["eps"]:.3g}'
-  return f'Square {norm} ε, {s["n_queries"]} queries'
+def _curves_where(agg: dict, keep) -> dict[str, dict]:
+  """{name: the first model's entry} of the curves (``entry['attacks']``) of any model for which
+  ``keep(entry)`` holds, in first-seen order."""
+  found: dict[str, dict] = {}
+  for e in agg.values():
+    for name, a in e.get('attacks', {}).items():
+      if keep(a):
+        found.setdefault(name, a)
+  return found
 
 
 def square_order(agg: dict) -> list[tuple[str, dict]]:
   """(name, an entry) of every Square curve of the models: the ε curves, then the queries curves,
   L∞ before L2."""
-  found: dict[str, dict] = {}
-  for e in agg.values():
-    for name, a in e.get('attacks', {}).items():
-      if is_square(a):
-        found.setdefault(name, a)
+  found = _curves_where(agg, is_square)
   norms = list(NORM_NAMES)
   return sorted(found.items(), key=lambda item: ('eps' in item[1]['settings'], norms.index(item[1]['settings']['lp'])
                                                  if item[1]['settings']['lp'] in norms else len(norms), item[0]))
@@ -83,8 +81,12 @@ def entries_of(agg: dict, field: str) -> list[str]:
 
 
 def attack_title(name: str, entry: dict) -> str:
-  """'Gaussian noise σ', …, or e.g. 'White-box PGD L∞ ε, 40 steps × 5 restarts' from the PGD settings."""
+  """'Gaussian noise σ', …, e.g. 'White-box PGD L∞ ε, 40 steps × 5 restarts' from the PGD settings, or
+  from Square's 'Square L∞ ε, 1000 queries' (its accuracy-vs-queries curve: 'Square L∞ queries, ε = 0.3')."""
   s = entry.get('settings', {})
+  if is_square(entry):
+    norm = NORM_NAMES.get(s['lp'], s['lp'])
+    return f'Square {norm} queries, ε = {s["eps"]:.3g}' if 'eps' in s else f'Square {norm} ε, {s["n_queries"]} queries'
   if 'norm' not in s:
     return ATTACK_TITLES.get(name, name)
   title = f'White-box PGD {NORM_NAMES.get(s["norm"], s["norm"])} ε, {s.get("steps", "?")} steps'
@@ -100,11 +102,7 @@ def attack_title(name: str, entry: dict) -> str:
 def attack_order(agg: dict, pgd: bool) -> list[tuple[str, dict]]:
   """(name, an entry) of every curve of the models but Square's: the paper's first, then the others;
   PGD sorted by norm, steps, restarts."""
-  found: dict[str, dict] = {}
-  for e in agg.values():
-    for name, a in e.get('attacks', {}).items():
-      if is_pgd(a) == pgd and not is_square(a):
-        found.setdefault(name, a)
+  found = _curves_where(agg, lambda a: is_pgd(a) == pgd and not is_square(a))
   if pgd:
     norms = list(NORM_NAMES)
 
@@ -293,7 +291,6 @@ def plot_corruptions(agg: dict, path: str, title: Optional[str] = None) -> bool:
   return True
 
 
-
 def _decision_panel(ax, agg: dict, name: str, colors: dict[str, str]) -> None:
   """HopSkipJump ``name``: the median distance vs query budget, mean ± SEM over seeds per model
   (log axes; a budget where a seed had no success is left out)."""
@@ -333,7 +330,7 @@ def plot_blackbox(agg: dict, path: str, title: Optional[str] = None) -> bool:
   colors = _colors(plt, agg)
   flat = list(axes.ravel())
   for ax, (name, a) in zip(flat, squares):
-    _curve_panel(ax, agg, name, colors, square_title(name, a))
+    _curve_panel(ax, agg, name, colors, attack_title(name, a))
   for ax, name in zip(flat[len(squares):], decisions):
     _decision_panel(ax, agg, name, colors)
   for ax in flat[panels:]:

@@ -13,9 +13,7 @@ from pixelreg_jax.report.figures import (
   attack_order,
   attack_title,
   entries_of,
-  is_square,
   square_order,
-  square_title,
   titled,
 )
 
@@ -66,8 +64,7 @@ def _curve_tables(agg: dict, attacks: Sequence[tuple[str, dict]]) -> list[str]:
   for name, first in attacks:
     rows = [(label, e['attacks'][name], e['n']) for label, e in agg.items() if name in e.get('attacks', {})]
     images = first.get('num_images')
-    title = square_title(name, first) if is_square(first) else attack_title(name, first)
-    lines.append(f'**{title}**' + (f' (`{name}`, {images} images)' if images else '') + '\n')
+    lines.append(f'**{attack_title(name, first)}**' + (f' (`{name}`, {images} images)' if images else '') + '\n')
     levels = rows[0][1]['levels']
     lines += _table(['model', 'n'] + [f'{l:.3g}' for l in levels],
                     [[label, n] + [_pm({'mean': m, 'sem': s}) for m, s in zip(a['mean'], a['sem'])]
